@@ -1,0 +1,62 @@
+# Restrained Instabilities: set-up, book and tests. Every target creates .venv if missing.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+export PYTHONPATH := $(CURDIR)/src
+export PYTHONHASHSEED := 0
+# Book builds and nbval produce the precomputed (static) slider figures.
+export SLIDERS_LIVE ?= 0
+
+.PHONY: help install book book-exec test lint unit nbval build-check browser lab times clean
+
+help:
+	@echo "make book       build _build/html from the stored notebook outputs"
+	@echo "make test       ruff, unit tests, nbval on every notebook, book build, browser test"
+	@echo "make book-exec  re-execute every notebook in place, then build the book"
+	@echo "make lab        JupyterLab with live sliders"
+	@echo "make times      print each notebook's execution time and the total"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+install: $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build -W -n --keep-going .
+	@echo "open _build/html/index.html"
+
+book-exec: $(STAMP)
+	$(BIN)/python -m restrained.notebooks execute $(NOTEBOOKS)
+	$(MAKE) book
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not browser" tests
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest -q --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg \
+		-o addopts="-p no:cacheprovider" --durations=0 $(NOTEBOOKS)
+
+browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m browser tests
+
+test: lint unit nbval book browser
+
+times: $(STAMP)
+	$(BIN)/python benchmarks/notebook_times.py $(NOTEBOOKS)
+
+lab: $(STAMP)
+	SLIDERS_LIVE=1 $(BIN)/jupyter lab --notebook-dir=. notebooks
+
+clean:
+	rm -rf _build

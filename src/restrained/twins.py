@@ -1,0 +1,131 @@
+r"""Two copies of one network trained in lockstep: plain SGD against the k-trick.
+
+This is the opening experiment of the book in its smallest form. Both copies start from
+the same parameters and see the same mini-batches; copy A applies its update as
+:math:`\eta d`, copy B as :math:`(\eta k)(d/k)` (:func:`restrained.optim.perturbed_sgd`).
+In exact arithmetic they are the same run. The record follows them in *PDE time*
+:math:`t = \eta \cdot \text{step}`, so runs with different learning rates can be compared
+at equal :math:`t`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from restrained.fp import relative_l1
+from restrained.models import Apply, Params, accuracy, cross_entropy
+from restrained.optim import perturbed_sgd
+
+
+@dataclass(frozen=True)
+class TwinRecord:
+    """What :func:`train_twins` measured at each recorded step (NumPy arrays)."""
+
+    steps: np.ndarray
+    pde_time: np.ndarray
+    divergence: np.ndarray  # D between the two copies' parameters
+    loss_a: np.ndarray  # mini-batch loss of copy A (k = 1)
+    loss_b: np.ndarray
+    params_a: Params
+    params_b: Params
+    finite: bool  # False if either copy produced inf or NaN
+
+
+def batch_indices(key: jax.Array, n_examples: int, batch_size: int, steps: int) -> jax.Array:
+    """Indices of ``steps`` mini-batches: fresh permutations of the data, epoch after epoch."""
+    if not 0 < batch_size <= n_examples:
+        raise ValueError(f"batch_size must lie in [1, {n_examples}], got {batch_size}")
+    per_epoch = n_examples // batch_size
+    epochs = -(-steps // per_epoch)
+    keys = jax.random.split(key, epochs)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, n_examples))(keys)
+    batches = perms[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)
+    return batches[:steps]
+
+
+def train_twins(
+    apply: Apply,
+    params: Params,
+    x: Any,
+    y: Any,
+    *,
+    learning_rate: float,
+    steps: int,
+    k: int = 3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    record_every: int = 1,
+    key: jax.Array,
+) -> TwinRecord:
+    """Train copy A (``k = 1``) and copy B (``k``) in lockstep with mini-batch SGD.
+
+    Args:
+        apply, params: the network, as returned by :func:`restrained.models.functional`.
+        x, y: training data; ``key`` draws the mini-batch order shared by both copies.
+        learning_rate, weight_decay, k: the SGD recursion of :mod:`restrained.optim`.
+        steps: number of SGD steps; ``record_every`` must divide it.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if record_every < 1 or steps % record_every:
+        raise ValueError(f"record_every must be >= 1 and divide steps={steps}, got {record_every}")
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    batches = batch_indices(key, x.shape[0], batch_size, steps)
+    batches = batches.reshape(steps // record_every, record_every, batch_size)
+    opt_a = perturbed_sgd(learning_rate, k=1, weight_decay=weight_decay)
+    opt_b = perturbed_sgd(learning_rate, k=k, weight_decay=weight_decay)
+
+    def loss_fn(p: Params, idx: jax.Array) -> jax.Array:
+        return cross_entropy(apply(p, x[idx]), y[idx])
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def step(carry, idx):
+        (pa, sa), (pb, sb) = carry
+        la, ga = grad_fn(pa, idx)
+        lb, gb = grad_fn(pb, idx)
+        ua, sa = opt_a.update(ga, sa, pa)
+        ub, sb = opt_b.update(gb, sb, pb)
+        return ((optax.apply_updates(pa, ua), sa), (optax.apply_updates(pb, ub), sb)), (la, lb)
+
+    def chunk(carry, idx_block):
+        carry, (la, lb) = jax.lax.scan(step, carry, idx_block)
+        (pa, _), (pb, _) = carry
+        return carry, (relative_l1(pa, pb), la[-1], lb[-1])
+
+    @jax.jit
+    def run(p0, blocks):
+        init = ((p0, opt_a.init(p0)), (p0, opt_b.init(p0)))
+        return jax.lax.scan(chunk, init, blocks)
+
+    ((pa, _), (pb, _)), (div, la, lb) = run(params, batches)
+    recorded = np.arange(1, steps // record_every + 1) * record_every
+    finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves((pa, pb)))
+    return TwinRecord(
+        steps=recorded,
+        pde_time=recorded * float(learning_rate),
+        divergence=np.asarray(div),
+        loss_a=np.asarray(la),
+        loss_b=np.asarray(lb),
+        params_a=pa,
+        params_b=pb,
+        finite=finite,
+    )
+
+
+def test_agreement(apply: Apply, record: TwinRecord, x: Any, y: Any) -> dict[str, float]:
+    """Test accuracy of both copies and the fraction of test images they label differently."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    logits_a, logits_b = apply(record.params_a, x), apply(record.params_b, x)
+    disagree = jnp.mean(jnp.argmax(logits_a, -1) != jnp.argmax(logits_b, -1))
+    return {
+        "accuracy_a": float(accuracy(logits_a, y)),
+        "accuracy_b": float(accuracy(logits_b, y)),
+        "disagreement": float(disagree),
+    }

@@ -1,0 +1,5 @@
+"""Shared test set-up: the same numerical configuration as the notebooks."""
+
+import restrained
+
+restrained.setup()
