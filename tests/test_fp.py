@@ -94,3 +94,64 @@ def test_differing_fraction_checks_shapes():
     assert fp.differing_fraction(np.ones(4), np.array([1, 2, 1, 2.0])) == 0.5
     with pytest.raises(ValueError, match="same shape"):
         fp.differing_fraction(np.ones(2), np.ones(3))
+
+
+def test_round_mantissa_tf32_and_bf16():
+    x = np.array([1.0, 1.0 + 2.0**-10, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, -3.14159], np.float32)
+    tf32 = fp.round_mantissa(x, 10)
+    # 1 + 2^-11 is a tie between 1 and 1 + 2^-10: ties go to the even mantissa (1.0)
+    np.testing.assert_array_equal(
+        tf32[:4], np.array([1.0, 1 + 2.0**-10, 1.0, 1 + 2.0**-9], np.float32)
+    )
+    assert abs(tf32[4] - x[4]) <= 2.0**-11 * 4
+    bf16 = fp.round_mantissa(x, 7)
+    import ml_dtypes
+
+    np.testing.assert_array_equal(bf16, x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(fp.round_mantissa(x, 23), x)
+
+
+def test_round_mantissa_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="bits"):
+        fp.round_mantissa(np.ones(2), 0)
+    with pytest.raises(ValueError, match="finite"):
+        fp.round_mantissa(np.array([np.nan]), 10)
+
+
+def test_reduced_precision_matmul_error_scales_with_mantissa():
+    rng = np.random.default_rng(3)
+    a, b = (
+        rng.normal(size=(64, 64)).astype(np.float32),
+        rng.normal(size=(64, 64)).astype(np.float32),
+    )
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    err = {
+        bits: np.max(np.abs(fp.reduced_precision_matmul(a, b, bits) - exact))
+        for bits in (7, 10, 23)
+    }
+    assert err[23] < err[10] / 50 < err[7] / 200
+
+
+def test_sequential_sum_differs_from_pairwise_and_checks_shape():
+    x = np.random.default_rng(4).normal(size=100_000).astype(np.float32)
+    assert fp.sequential_sum(x) != np.sum(x)
+    assert fp.sequential_sum(np.array([1.0, 2.0], np.float32)) == 3.0
+    with pytest.raises(ValueError, match="values"):
+        fp.sequential_sum(np.ones((2, 2)))
+
+
+def test_one_step_difference_on_the_digits_cnn():
+    from flax import nnx
+
+    from restrained.data import load_digits
+    from restrained.models import SmallCNN, functional
+    from restrained.twins import one_step_difference
+
+    data = load_digits()
+    apply, params = functional(SmallCNN(rngs=nnx.Rngs(0)))
+    x, y = data.x_train[:128], data.y_train[:128]
+    assert one_step_difference(apply, params, x, y, learning_rate=0.1, k=1) == 0.0
+    frac = one_step_difference(
+        apply, params, x, y, learning_rate=0.1, k=3, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    assert 0.0 < frac < 0.5

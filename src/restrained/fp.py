@@ -128,3 +128,45 @@ def relative_l1(a: PyTree, b: PyTree) -> jax.Array:
     if count == 0:
         raise ValueError("a and b hold no entries")
     return 2.0 * total / count
+
+
+def round_mantissa(x: Any, bits: int) -> np.ndarray:
+    """Round float32 values to ``bits`` explicit mantissa bits (round to nearest, ties to even).
+
+    Emulates the input rounding of reduced-precision matrix units on a CPU: ``bits=10`` is
+    NVIDIA's TF32, ``bits=7`` is bfloat16, ``bits=23`` returns the input unchanged. The
+    exponent range stays that of float32.
+
+    Raises:
+        ValueError: if ``bits`` is outside 1..23 or ``x`` holds inf or NaN.
+    """
+    if not 1 <= bits <= 23:
+        raise ValueError(f"bits must lie in 1..23, got {bits}")
+    arr = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("x must be finite")
+    if bits == 23:
+        return arr.copy()
+    shift = np.uint32(23 - bits)
+    u = arr.view(np.uint32)
+    lsb = (u >> shift) & np.uint32(1)
+    bias = (np.uint32(1) << (shift - np.uint32(1))) - np.uint32(1) + lsb
+    mask = ~((np.uint32(1) << shift) - np.uint32(1))
+    return ((u + bias) & mask).view(np.float32)
+
+
+def reduced_precision_matmul(a: Any, b: Any, bits: int) -> np.ndarray:
+    """``a @ b`` with inputs rounded to ``bits`` mantissa bits and float32 accumulation.
+
+    This is how TF32 (``bits=10``) tensor cores multiply float32 matrices when JAX's default
+    matmul precision is in force on Ampere and Hopper GPUs.
+    """
+    return round_mantissa(a, bits) @ round_mantissa(b, bits)
+
+
+def sequential_sum(values: Any) -> np.floating:
+    """Left-to-right sum, rounding after every addition in the values' own dtype."""
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D array, got shape {arr.shape}")
+    return np.cumsum(arr, dtype=arr.dtype)[-1]

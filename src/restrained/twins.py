@@ -129,3 +129,34 @@ def test_agreement(apply: Apply, record: TwinRecord, x: Any, y: Any) -> dict[str
         "accuracy_b": float(accuracy(logits_b, y)),
         "disagreement": float(disagree),
     }
+
+
+def one_step_difference(
+    apply: Apply,
+    params: Params,
+    x: Any,
+    y: Any,
+    *,
+    learning_rate: float,
+    k: int,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> float:
+    """Fraction of parameter entries that differ bitwise after one SGD step with ``k`` vs ``1``.
+
+    Both steps use the gradient of the mean cross-entropy on ``(x, y)`` at ``params``.
+    """
+    grads = jax.grad(lambda p: cross_entropy(apply(p, x), y))(params)
+
+    def step(kk: int) -> list[np.ndarray]:
+        opt = perturbed_sgd(
+            learning_rate, k=kk, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
+        updates, _ = opt.update(grads, opt.init(params), params)
+        new = optax.apply_updates(params, updates)
+        return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(new)]
+
+    base, other = step(1), step(k)
+    differing = sum(int(np.sum(a != b)) for a, b in zip(base, other, strict=True))
+    return differing / sum(a.size for a in base)
