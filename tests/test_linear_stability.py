@@ -66,6 +66,12 @@ def test_run_with_momentum_is_the_books_optimizer(nesterov):
     np.testing.assert_allclose(result.theta[-1], np.asarray(theta), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("lr", [0.3, 0.45, 0.55, 1.0])
+def test_lean_stability_test_agrees_with_full_runs(lr):
+    full = ls.is_stable_run(ls.run(DIAG, THETA0, lr, 400, alpha=0.1, momentum=0.5))
+    assert ls.is_stable(DIAG, THETA0, lr, 400, alpha=0.1, momentum=0.5) == full
+
+
 def test_unstable_run_is_cut_at_divergence():
     result = ls.run(DIAG, THETA0, 1.0, 500)
     assert result.diverged_at is not None and len(result.loss) == result.diverged_at
@@ -143,6 +149,8 @@ def test_least_squares_quadratic_reproduces_the_loss():
         (lambda: ls.run(DIAG, THETA0, 0.1, 10, alpha=-1.0), "alpha"),
         (lambda: ls.run(DIAG, THETA0, 0.1, 10, momentum=1.0), "momentum"),
         (lambda: ls.run(DIAG, THETA0, 0.1, 10, nesterov=True), "nesterov"),
+        (lambda: ls.is_stable(DIAG, THETA0, -0.1, 10), "lr"),
+        (lambda: ls.is_stable(DIAG, THETA0[:1], 0.1, 10), "theta0"),
         (lambda: ls.run(DIAG, THETA0[:2], 0.1, 10), "theta0"),
         (lambda: ls.run(DIAG, np.array([np.nan, 0, 0]), 0.1, 10), "theta0"),
         (lambda: ls.Quadratic(np.array([[1.0, 2.0], [0.0, 1.0]]), np.zeros(2)), "symmetric"),
