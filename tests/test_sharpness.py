@@ -69,9 +69,11 @@ def test_largest_algebraic_not_largest_magnitude():
         return 0.5 * jnp.sum(diag * w["a"] ** 2)
 
     params = {"a": jnp.ones(12)}
-    for method in ("lanczos", "lobpcg"):
-        got = sh.top_hessian_eigs(loss, params, k=2, method=method)
+    for method, loop in [("lanczos", "host"), ("lanczos", "device"), ("lobpcg", "auto")]:
+        got = sh.top_hessian_eigs(loss, params, k=2, method=method, loop=loop)
         np.testing.assert_allclose(got.values, [3.0, 2.5], rtol=1e-5)
+        vec = np.asarray(got.vectors)
+        assert np.abs(vec[1, 0]) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +84,7 @@ def test_largest_algebraic_not_largest_magnitude():
         ({"k": 3, "method": "lobpcg"}, "5 k < n"),
         ({"method": "power"}, "method"),
         ({"tol": 0.0}, "tol"),
+        ({"loop": "gpu"}, "loop"),
     ],
 )
 def test_bad_arguments(kwargs, match):

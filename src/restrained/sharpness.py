@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +111,9 @@ def _flat_hvp(
         def body(total: jax.Array, chunk: Any) -> tuple[jax.Array, None]:
             return total + one(lambda p: loss_fn(p, chunk), flat, v), None
 
-        total, _ = jax.lax.scan(body, jnp.zeros_like(v), chunks)
+        # XLA:CPU runs convolutions inside loops several times slower: unroll there.
+        unroll = jax.default_backend() == "cpu"
+        total, _ = jax.lax.scan(body, jnp.zeros_like(v), chunks, unroll=unroll)
         return total / _num_chunks(chunks)
 
     return chunked
@@ -198,89 +200,71 @@ def _init_block(init: Any, n: int, k: int, dtype: Any, key: jax.Array) -> jax.Ar
     return block + scale * random
 
 
-def _lanczos(
-    matvec: Callable[[jax.Array], jax.Array],
-    start: jax.Array,
-    k: int,
-    max_steps: int,
-    tol: jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Lanczos with full reorthogonalisation; returns (values, vectors, steps, converged)."""
+class _LanczosState(NamedTuple):
+    step: jax.Array
+    basis: jax.Array
+    alphas: jax.Array
+    betas: jax.Array
+    done: jax.Array
+
+
+def _lanczos_start(start: jax.Array, max_steps: int) -> _LanczosState:
     n, dtype = start.shape[0], start.dtype
     basis = jnp.zeros((max_steps + 1, n), dtype).at[0].set(start / jnp.linalg.norm(start))
-    alphas = jnp.zeros(max_steps, dtype)
-    betas = jnp.zeros(max_steps, dtype)
-    index = jnp.arange(max_steps)
+    zeros = jnp.zeros(max_steps, dtype)
+    return _LanczosState(jnp.asarray(0), basis, zeros, zeros, jnp.asarray(False))
 
-    def ritz(alphas: jax.Array, betas: jax.Array, j: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Eigen-decomposition of the leading (j+1)x(j+1) block of T, padded to full size."""
-        active = index <= j
-        off = jnp.where(index < j, betas, 0.0)
-        radius = jnp.abs(off) + jnp.abs(jnp.roll(off, 1).at[0].set(0.0))
-        floor = jnp.min(jnp.where(active, alphas - radius, jnp.inf)) - 1.0
-        diag = jnp.where(active, alphas, floor - index.astype(dtype))
-        tri = jnp.diag(diag) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
-        return jnp.linalg.eigh(tri)
 
-    def body(state: tuple) -> tuple:
-        j, basis, alphas, betas, _ = state
-        v = basis[j]
-        w = matvec(v)
-        a = jnp.vdot(v, w)
-        for _ in range(2):  # classical Gram-Schmidt twice against all previous vectors
-            w = w - basis.T @ (basis @ w)
-        b = jnp.linalg.norm(w)
-        breakdown = b <= 10 * jnp.finfo(dtype).eps * jnp.abs(a)
-        basis = basis.at[j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(b > 0, b, 1.0)))
-        alphas, betas = alphas.at[j].set(a), betas.at[j].set(b)
-        theta, vecs = ritz(alphas, betas, j)
-        top = theta[-k:]
-        residual = jnp.abs(b * vecs[j, -k:])
-        done = breakdown | ((j + 1 >= k) & jnp.all(residual <= tol * jnp.abs(top)))
-        return j + 1, basis, alphas, betas, done
+def _ritz(alphas: jax.Array, betas: jax.Array, j: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigen-decomposition of the leading (j+1)x(j+1) block of T, padded to full size.
 
-    def cond(state: tuple) -> jax.Array:
-        j, *_, done = state
-        return (j < max_steps) & ~done
+    The padding sits on the diagonal below a Gershgorin bound of the active block, so the
+    top eigenpairs are those of the active block and the padded rows of their vectors are 0.
+    """
+    index = jnp.arange(alphas.shape[0])
+    active = index <= j
+    off = jnp.where(index < j, betas, 0.0)
+    radius = jnp.abs(off) + jnp.abs(jnp.roll(off, 1).at[0].set(0.0))
+    floor = jnp.min(jnp.where(active, alphas - radius, jnp.inf)) - 1.0
+    diag = jnp.where(active, alphas, floor - index.astype(alphas.dtype))
+    tri = jnp.diag(diag) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
+    return jnp.linalg.eigh(tri)
 
-    state = (jnp.asarray(0), basis, alphas, betas, jnp.asarray(False))
-    steps, basis, alphas, betas, done = jax.lax.while_loop(cond, body, state)
-    theta, vecs = ritz(alphas, betas, steps - 1)
+
+def _lanczos_extend(
+    matvec: Callable[[jax.Array], jax.Array], state: _LanczosState
+) -> tuple[_LanczosState, jax.Array]:
+    """One Lanczos step with full reorthogonalisation; also returns the breakdown flag."""
+    j, basis, alphas, betas, done = state
+    v = basis[j]
+    w = matvec(v)
+    a = jnp.vdot(v, w)
+    for _ in range(2):  # classical Gram-Schmidt twice against all previous vectors
+        w = w - basis.T @ (basis @ w)
+    b = jnp.linalg.norm(w)
+    breakdown = b <= 10 * jnp.finfo(basis.dtype).eps * jnp.abs(a)
+    basis = basis.at[j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(b > 0, b, 1.0)))
+    alphas, betas = alphas.at[j].set(a), betas.at[j].set(b)
+    return _LanczosState(j + 1, basis, alphas, betas, done | breakdown), breakdown
+
+
+def _lanczos_step(
+    matvec: Callable[[jax.Array], jax.Array], state: _LanczosState, k: int, tol: jax.Array
+) -> _LanczosState:
+    """A step plus ARPACK's test: every top-k Ritz pair has ``|beta_j s_j| <= tol |theta|``."""
+    j = state.step
+    state, breakdown = _lanczos_extend(matvec, state)
+    theta, vecs = _ritz(state.alphas, state.betas, j)
+    residual = jnp.abs(state.betas[j] * vecs[j, -k:])
+    converged = (j + 1 >= k) & jnp.all(residual <= tol * jnp.abs(theta[-k:]))
+    return state._replace(done=breakdown | converged)
+
+
+def _lanczos_finish(state: _LanczosState, k: int) -> tuple[jax.Array, jax.Array]:
+    theta, vecs = _ritz(state.alphas, state.betas, state.step - 1)
     values = theta[::-1][:k]
-    vectors = basis[:max_steps].T @ vecs[:, ::-1][:, :k]
-    vectors = vectors / jnp.linalg.norm(vectors, axis=0)
-    return values, vectors, steps, done
-
-
-@functools.partial(
-    jax.jit, static_argnames=("loss_fn", "k", "method", "max_iters", "chunk_size", "unravel")
-)
-def _solve(
-    loss_fn: LossFn,
-    flat: jax.Array,
-    block: jax.Array,
-    tol: jax.Array,
-    data: Any,
-    *,
-    k: int,
-    method: str,
-    max_iters: int,
-    chunk_size: int | None,
-    unravel: Callable,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    product = _flat_hvp(loss_fn, unravel, data, chunk_size)
-
-    def matvec(v: jax.Array) -> jax.Array:
-        return product(flat, v)
-
-    if method == "lanczos":
-        start = jnp.sum(block, axis=1)
-        values, vectors, steps, done = _lanczos(matvec, start, k, max_iters, tol)
-        return values, vectors, steps, steps, done
-    blocked = jax.vmap(matvec, in_axes=1, out_axes=1)
-    values, vectors, iters = lobpcg_standard(blocked, block, m=max_iters, tol=tol)
-    order = jnp.argsort(-values)
-    return values[order], vectors[:, order], iters, k + 4 * k * iters, iters < max_iters
+    vectors = state.basis[:-1].T @ vecs[:, ::-1][:, :k]
+    return values, vectors / jnp.linalg.norm(vectors, axis=0)
 
 
 class _UnravelKey:
@@ -299,6 +283,75 @@ class _UnravelKey:
         return isinstance(other, _UnravelKey) and self.key == other.key
 
 
+_STATIC = ("loss_fn", "k", "max_iters", "chunk_size", "unravel")
+
+
+def _matvec(loss_fn, flat, data, chunk_size, unravel) -> Callable[[jax.Array], jax.Array]:
+    return functools.partial(_flat_hvp(loss_fn, unravel, data, chunk_size), flat)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _lobpcg_solve(loss_fn, flat, block, tol, data, *, k, max_iters, chunk_size, unravel):
+    blocked = jax.vmap(_matvec(loss_fn, flat, data, chunk_size, unravel), in_axes=1, out_axes=1)
+    values, vectors, iters = lobpcg_standard(blocked, block, m=max_iters, tol=tol)
+    order = jnp.argsort(-values)
+    return values[order], vectors[:, order], iters
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _lanczos_device(loss_fn, flat, block, tol, data, *, k, max_iters, chunk_size, unravel):
+    matvec = _matvec(loss_fn, flat, data, chunk_size, unravel)
+    state = jax.lax.while_loop(
+        lambda s: (s.step < max_iters) & ~s.done,
+        lambda s: _lanczos_step(matvec, s, k, tol),
+        _lanczos_start(jnp.sum(block, axis=1), max_iters),
+    )
+    return (*_lanczos_finish(state, k), state.step, state.done)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size", "unravel"))
+def _lanczos_host_step(loss_fn, flat, state, data, *, chunk_size, unravel):
+    return _lanczos_extend(_matvec(loss_fn, flat, data, chunk_size, unravel), state)[0]
+
+
+_start_jit = jax.jit(_lanczos_start, static_argnums=1)
+
+
+def _host_ritz(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the tridiagonal T (float64, ascending), by LAPACK on the host."""
+    from scipy.linalg import eigh_tridiagonal
+
+    return eigh_tridiagonal(alphas.astype(np.float64), betas[:-1].astype(np.float64))
+
+
+def _lanczos_host(loss_fn, flat, block, tol, data, *, k, max_iters, chunk_size, unravel):
+    """Lanczos driven from Python: one jitted HVP + reorthogonalisation per step, the small
+    tridiagonal eigenproblem and the convergence test on the host (scalars only move)."""
+    state = _start_jit(jnp.sum(block, axis=1), max_iters)
+    alphas, betas, converged = [], [], False
+    while len(alphas) < max_iters:
+        state = _lanczos_host_step(
+            loss_fn, flat, state, data, chunk_size=chunk_size, unravel=unravel
+        )
+        j = len(alphas)
+        alphas.append(float(state.alphas[j]))
+        betas.append(float(state.betas[j]))
+        theta, vecs = _host_ritz(np.array(alphas), np.array(betas))
+        if bool(state.done):  # breakdown: the Krylov space is invariant, Ritz pairs are exact
+            converged = True
+            break
+        if j + 1 >= k:
+            residual = np.abs(betas[-1] * vecs[-1, -k:])
+            if np.all(residual <= float(tol) * np.abs(theta[-k:])):
+                converged = True
+                break
+    steps = len(alphas)
+    ritz_vectors = jnp.asarray(vecs[:, ::-1][:, :k], flat.dtype)
+    vectors = state.basis[:steps].T @ ritz_vectors
+    values = jnp.asarray(theta[::-1][:k], flat.dtype)
+    return values, vectors / jnp.linalg.norm(vectors, axis=0), steps, converged
+
+
 def top_hessian_eigs(
     loss_fn: LossFn,
     params: Params,
@@ -311,6 +364,7 @@ def top_hessian_eigs(
     key: jax.Array | None = None,
     data: Any = None,
     chunk_size: int | None = None,
+    loop: str = "auto",
 ) -> HessianEigs:
     r"""The ``k`` largest algebraic eigenvalues of :math:`\nabla^2 L` at ``params``, descending.
 
@@ -329,6 +383,10 @@ def top_hessian_eigs(
             a parameter pytree or a list of them.
         key: PRNG key for the random start (default ``PRNGKey(0)``).
         data, chunk_size: see :func:`hvp`.
+        loop: Lanczos only. ``"device"``: the whole iteration in one ``jit`` (a
+            ``lax.while_loop``); ``"host"``: one jitted step per HVP driven from Python,
+            arrays staying on the device. ``"auto"`` picks ``"host"`` on CPU, where XLA runs
+            convolutions inside a ``while_loop`` several times slower than at top level.
 
     Returns:
         :class:`HessianEigs` with ``values`` (descending), flat ``vectors`` ``(n, k)``,
@@ -343,6 +401,8 @@ def top_hessian_eigs(
     _check_scalar_loss(_mean_loss(loss_fn, data, chunk_size), params)
     if not isinstance(k, int | np.integer) or not 1 <= k < n:
         raise ValueError(f"k must be an integer in [1, {n - 1}] (n = {n} parameters), got {k!r}")
+    if loop not in ("auto", "host", "device"):
+        raise ValueError(f"loop must be 'auto', 'host' or 'device', got {loop!r}")
     if method not in ("lanczos", "lobpcg"):
         raise ValueError(f"method must be 'lanczos' or 'lobpcg', got {method!r}")
     if method == "lobpcg" and 5 * k >= n:
@@ -361,22 +421,22 @@ def top_hessian_eigs(
     block = _init_block(init, n, k, flat.dtype, key)
     shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
     static_unravel = _UnravelKey(unravel, jax.tree.structure(params), shapes)
-    values, vectors, iters, hvps, done = _solve(
-        loss_fn,
-        flat,
-        block,
-        jnp.asarray(tol, flat.dtype),
-        data,
-        k=int(k),
-        method=method,
-        max_iters=int(max_iters),
-        chunk_size=chunk_size,
-        unravel=static_unravel,
-    )
+    args = (loss_fn, flat, block, jnp.asarray(tol, flat.dtype), data)
+    static = {"k": int(k), "max_iters": int(max_iters), "chunk_size": chunk_size}
+    static["unravel"] = static_unravel
+    if method == "lobpcg":
+        values, vectors, iters = _lobpcg_solve(*args, **static)
+        hvps, done = int(k + 4 * k * int(iters)), int(iters) < max_iters
+    else:
+        if loop == "auto":
+            loop = "host" if jax.default_backend() == "cpu" else "device"
+        solver = _lanczos_host if loop == "host" else _lanczos_device
+        values, vectors, iters, done = solver(*args, **static)
+        hvps = int(iters)
     return HessianEigs(
         values=np.asarray(values),
         vectors=vectors,
-        num_hvps=int(hvps),
+        num_hvps=hvps,
         iterations=int(iters),
         converged=bool(done),
         method=method,
