@@ -442,3 +442,244 @@ def top_hessian_eigs(
         method=method,
         unravel=unravel,
     )
+
+
+def _gd_pair_step(loss_fn: LossFn, unravel: Callable) -> Callable:
+    """Jitted GD step on two stacked flat parameter vectors (the twins)."""
+    grad = jax.grad(lambda w: loss_fn(unravel(w)))
+
+    @jax.jit
+    def step(pair: jax.Array, lr: jax.Array, weight_decay: jax.Array) -> jax.Array:
+        return pair - lr * (jax.vmap(grad)(pair) + weight_decay * pair)
+
+    return step
+
+
+@dataclass(frozen=True)
+class StabilityTest:
+    """Outcome of :func:`perturbation_growth` at one learning rate.
+
+    ``growth`` is :math:`\\|\\Delta_T\\|/\\|\\Delta_0\\|` for the difference of the twins (inf if
+    either diverged); ``alternating`` is True when the last two differences point in
+    opposite directions, the signature of a factor :math:`1-\\eta\\lambda < -1`.
+    """
+
+    lr: float
+    growth: float
+    alternating: bool
+
+    @property
+    def stable(self) -> bool:
+        return bool(np.isfinite(self.growth) and self.growth <= 1.0)
+
+
+def perturbation_growth(
+    loss_fn: LossFn,
+    params: Params,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    steps: int = 60,
+    rel_perturbation: float = 1e-4,
+    direction: Any = None,
+    key: jax.Array | None = None,
+    _step: Callable | None = None,
+) -> StabilityTest:
+    r"""Run gradient descent from ``params`` and from ``params + delta`` in lockstep.
+
+    Both copies take ``steps`` steps :math:`\theta \leftarrow \theta - \eta(\nabla L(\theta) +
+    \alpha\theta)` of the *nonlinear* map. The difference evolves by the linearisation
+    :math:`\Delta \leftarrow (I - \eta(H + \alpha I))\Delta` as long as it stays small, so it
+    shrinks when every :math:`\eta(\lambda_i + \alpha)` lies in :math:`(0, 2)` and grows
+    when one exceeds 2. ``delta`` points along ``direction`` (a flat vector or a pytree, e.g.
+    the top Hessian eigenvector, so that the test probes the sharpest mode) or, by default,
+    a Gaussian direction from ``key``; its norm is ``rel_perturbation * ||params||``.
+    """
+    if not (np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not isinstance(steps, int | np.integer) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+    flat, unravel = ravel_pytree(params)
+    step = _gd_pair_step(loss_fn, unravel) if _step is None else _step
+    key = jax.random.PRNGKey(0) if key is None else key
+    if direction is None:
+        noise = jax.random.normal(key, flat.shape, flat.dtype)
+    elif isinstance(direction, jax.Array | np.ndarray) and np.ndim(direction) == 1:
+        noise = jnp.asarray(direction, flat.dtype)
+    else:
+        noise = ravel_pytree(direction)[0].astype(flat.dtype)
+    if noise.shape != flat.shape:
+        raise ValueError(f"direction must have {flat.size} entries, got shape {noise.shape}")
+    delta = noise * (rel_perturbation * jnp.linalg.norm(flat) / jnp.linalg.norm(noise))
+    pair = jnp.stack([flat, flat + delta])
+    start = float(jnp.linalg.norm(delta))
+    lr_arr, wd_arr = jnp.asarray(lr, flat.dtype), jnp.asarray(weight_decay, flat.dtype)
+    previous = current = pair[1] - pair[0]
+    for _ in range(steps):
+        pair = step(pair, lr_arr, wd_arr)
+        if not bool(jnp.all(jnp.isfinite(pair))):
+            return StabilityTest(float(lr), float("inf"), False)
+        previous, current = current, pair[1] - pair[0]
+    alternating = bool(jnp.vdot(current, previous) < 0)
+    return StabilityTest(float(lr), float(jnp.linalg.norm(current)) / start, alternating)
+
+
+@dataclass(frozen=True)
+class StableLearningRate:
+    """Result of :func:`largest_stable_lr`: the threshold lies in ``(lower, upper]``."""
+
+    lower: float
+    upper: float
+    tests: tuple[StabilityTest, ...]
+
+    @property
+    def estimate(self) -> float:
+        """Geometric midpoint of the final bracket."""
+        return float(np.sqrt(self.lower * self.upper))
+
+
+def largest_stable_lr(
+    loss_fn: LossFn,
+    params: Params,
+    *,
+    weight_decay: float = 0.0,
+    bracket: tuple[float, float] = (1e-3, 1e2),
+    bisections: int = 10,
+    steps: int = 60,
+    rel_perturbation: float = 1e-4,
+    direction: Any = None,
+    key: jax.Array | None = None,
+) -> StableLearningRate:
+    """Bisect (in log scale) for the largest learning rate at which :func:`perturbation_growth`
+    finds the twins' difference not growing. Options are passed on to it.
+
+    Raises:
+        ValueError: if ``bracket[0]`` is not stable or ``bracket[1]`` is not unstable.
+    """
+    lo, hi = (float(b) for b in bracket)
+    if not 0 < lo < hi:
+        raise ValueError(f"bracket must satisfy 0 < lo < hi, got {bracket!r}")
+    if not isinstance(bisections, int | np.integer) or bisections < 0:
+        raise ValueError(f"bisections must be a non-negative integer, got {bisections!r}")
+    _, unravel = ravel_pytree(params)
+    step = _gd_pair_step(loss_fn, unravel)
+    options = {"weight_decay": weight_decay, "steps": steps, "key": key}
+    options |= {"rel_perturbation": rel_perturbation, "direction": direction}
+
+    def test(lr: float) -> StabilityTest:
+        return perturbation_growth(loss_fn, params, lr, _step=step, **options)
+
+    tests = [test(lo), test(hi)]
+    if not tests[0].stable or tests[1].stable:
+        raise ValueError(
+            f"bracket {bracket} must have a stable lower and an unstable upper end; got "
+            f"growth {tests[0].growth:.3g} at {lo:g} and {tests[1].growth:.3g} at {hi:g}"
+        )
+    for _ in range(bisections):
+        mid = float(np.sqrt(lo * hi))
+        tests.append(test(mid))
+        lo, hi = (mid, hi) if tests[-1].stable else (lo, mid)
+    return StableLearningRate(lo, hi, tuple(tests))
+
+
+@dataclass(frozen=True)
+class DepthStudyRow:
+    """One network of chapter 5's table (all numbers for the regularised loss' GD)."""
+
+    depth: int
+    width: int
+    num_params: int
+    weight_decay: float
+    sharpness_init: float
+    sharpness_trained: float
+    min_eig_trained: float
+    grad_norm_trained: float
+    train_loss: float
+    predicted_lr: float
+    measured_lr_lower: float
+    measured_lr_upper: float
+    hvps: int
+
+    @property
+    def measured_lr(self) -> float:
+        return float(np.sqrt(self.measured_lr_lower * self.measured_lr_upper))
+
+
+def depth_study_row(
+    depth: int,
+    width: int,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    weight_decay: float = 1e-2,
+    train_steps: int = 400,
+    adam_lr: float = 3e-3,
+    bisections: int = 12,
+    steps: int = 20,
+    seed: int = 0,
+) -> DepthStudyRow:
+    r"""Chapter 5's measurement for one ``SmallCNN(width, depth, "swish")`` on a fixed batch.
+
+    1. sharpness :math:`\lambda_{\max}` of the cross-entropy at initialisation;
+    2. ``train_steps`` full-batch Adam steps on :math:`L + \frac\alpha2\|\theta\|^2`, to get
+       near a stationary point where the linearisation of GD is meaningful;
+    3. :math:`\lambda_{\max}`, :math:`\lambda_{\min}` and the gradient norm there, and the
+       predicted largest stable step :math:`2/(\lambda_{\max}+\alpha)`;
+    4. the measured one: :func:`largest_stable_lr` with twins perturbed along the top
+       eigenvector (``steps`` GD steps per test, ``bisections`` log-bisections in
+       ``[1e-3, 1e2]``).
+    """
+    import optax
+    from flax import nnx
+
+    from restrained.models import SmallCNN, cross_entropy, functional
+
+    apply, params = functional(
+        SmallCNN(width=width, depth=depth, activation="swish", rngs=nnx.Rngs(seed))
+    )
+
+    def data_loss(p: Params) -> jax.Array:
+        return cross_entropy(apply(p, images), labels)
+
+    def total_loss(p: Params) -> jax.Array:
+        flat = ravel_pytree(p)[0]
+        return data_loss(p) + 0.5 * weight_decay * jnp.vdot(flat, flat)
+
+    init = top_hessian_eigs(data_loss, params, k=1)
+    optimiser = optax.adam(adam_lr)
+
+    @jax.jit
+    def train_step(p: Params, state: Any) -> tuple[Params, Any]:
+        grads = jax.grad(total_loss)(p)
+        updates, state = optimiser.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
+    state = optimiser.init(params)
+    for _ in range(train_steps):
+        params, state = train_step(params, state)
+    top = top_hessian_eigs(data_loss, params, k=1, init=init.vectors)
+    bottom = top_hessian_eigs(lambda p: -data_loss(p), params, k=1)
+    grad_norm = float(jnp.linalg.norm(ravel_pytree(jax.grad(total_loss)(params))[0]))
+    found = largest_stable_lr(
+        data_loss,
+        params,
+        weight_decay=weight_decay,
+        bisections=bisections,
+        steps=steps,
+        direction=top.vectors[:, 0],
+    )
+    return DepthStudyRow(
+        depth=depth,
+        width=width,
+        num_params=int(ravel_pytree(params)[0].size),
+        weight_decay=weight_decay,
+        sharpness_init=float(init.values[0]),
+        sharpness_trained=float(top.values[0]),
+        min_eig_trained=float(-bottom.values[0]),
+        grad_norm_trained=grad_norm,
+        train_loss=float(data_loss(params)),
+        predicted_lr=float(2.0 / (top.values[0] + weight_decay)),
+        measured_lr_lower=found.lower,
+        measured_lr_upper=found.upper,
+        hvps=init.num_hvps + top.num_hvps + bottom.num_hvps,
+    )
