@@ -440,6 +440,7 @@ class Trajectory(NamedTuple):
 
     norms: np.ndarray
     increments: np.ndarray
+    snapshots: np.ndarray | None = None
 
     def growth_rate(self, window: int = 100) -> np.ndarray | float:
         """Geometric mean per-step ratio of the increments over the last ``window`` steps."""
@@ -456,6 +457,7 @@ def iterate_linearised(
     lr: float | np.ndarray,
     steps: int,
     weight_decay: float | np.ndarray | None = None,
+    record: tuple[int, ...] = (),
 ) -> Trajectory:
     r"""Forward Euler :math:`K_{n+1} = K_n + \Delta t\,(-A K_n + f)` for ``steps`` steps.
 
@@ -463,8 +465,10 @@ def iterate_linearised(
     :math:`\alpha`) may be scalars or 1-D arrays, broadcast together: each entry is one run,
     all runs advance together (one matrix product per step). Returns a :class:`Trajectory`
     whose arrays have shape ``(steps + 1,)`` (norms) and ``(steps,)`` (increments) for
-    scalars, else one more trailing axis over runs. A run whose iterate stops being finite
-    is frozen and reports ``inf`` from then on (a diverging run is a result, not a crash).
+    scalars, else one more trailing axis over runs. ``record`` lists iteration numbers
+    whose kernels are kept in ``snapshots``, shape ``(len(record), runs, k, k)`` (NaN once a
+    run has diverged). A run whose iterate stops being finite is frozen and reports ``inf``
+    from then on (a diverging run is a result, not a crash).
     """
     if not isinstance(steps, int | np.integer) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -486,6 +490,17 @@ def iterate_linearised(
     increments = np.full((steps, lrs.size), np.inf)
     norms[0] = np.linalg.norm(state, axis=0)
     alive = np.isfinite(norms[0])
+    record = tuple(int(r) for r in record)
+    if any(not 0 <= r <= steps for r in record):
+        raise ValueError(f"record must hold iteration numbers in [0, {steps}], got {record}")
+    snapshots = np.full((len(record), lrs.size, k, k), np.nan)
+
+    def keep(n: int) -> None:
+        for i, r in enumerate(record):
+            if r == n:
+                snapshots[i][alive] = state.T.reshape(-1, k, k)[alive]
+
+    keep(0)
     with np.errstate(over="ignore", invalid="ignore"):
         for n in range(steps):
             step = lrs * (pde.forcing[:, None] - pde.data_matrix @ state - wds * state)
@@ -495,8 +510,10 @@ def iterate_linearised(
             norms[n + 1] = np.where(alive, current, np.inf)
             increments[n] = np.where(alive, moved, np.inf)
             state[:, ~alive] = 0.0
+            keep(n + 1)
             if not alive.any():
                 break
+    kept = snapshots if record else None
     if scalar:
-        return Trajectory(norms[:, 0], increments[:, 0])
-    return Trajectory(norms, increments)
+        return Trajectory(norms[:, 0], increments[:, 0], None if kept is None else kept[:, 0])
+    return Trajectory(norms, increments, kept)

@@ -352,6 +352,11 @@ def _lanczos_host(loss_fn, flat, block, tol, data, *, k, max_iters, chunk_size, 
     return values, vectors / jnp.linalg.norm(vectors, axis=0), steps, converged
 
 
+def _static_unravel(params: Params, unravel: Callable) -> _UnravelKey:
+    shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
+    return _UnravelKey(unravel, jax.tree.structure(params), shapes)
+
+
 def top_hessian_eigs(
     loss_fn: LossFn,
     params: Params,
@@ -419,8 +424,7 @@ def top_hessian_eigs(
         raise ValueError(f"tol must be > 0, got {tol!r}")
     key = jax.random.PRNGKey(0) if key is None else key
     block = _init_block(init, n, k, flat.dtype, key)
-    shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
-    static_unravel = _UnravelKey(unravel, jax.tree.structure(params), shapes)
+    static_unravel = _static_unravel(params, unravel)
     args = (loss_fn, flat, block, jnp.asarray(tol, flat.dtype), data)
     static = {"k": int(k), "max_iters": int(max_iters), "chunk_size": chunk_size}
     static["unravel"] = static_unravel
@@ -444,8 +448,9 @@ def top_hessian_eigs(
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _gd_pair_step(loss_fn: LossFn, unravel: Callable) -> Callable:
-    """Jitted GD step on two stacked flat parameter vectors (the twins)."""
+    """Jitted GD step on two stacked flat parameter vectors (the twins), cached per loss."""
     grad = jax.grad(lambda w: loss_fn(unravel(w)))
 
     @jax.jit
@@ -462,11 +467,13 @@ class StabilityTest:
     ``growth`` is :math:`\\|\\Delta_T\\|/\\|\\Delta_0\\|` for the difference of the twins (inf if
     either diverged); ``alternating`` is True when the last two differences point in
     opposite directions, the signature of a factor :math:`1-\\eta\\lambda < -1`.
+    ``history[n]`` is :math:`\\|\\Delta_n\\|/\\|\\Delta_0\\|` for every step run.
     """
 
     lr: float
     growth: float
     alternating: bool
+    history: tuple[float, ...] = ()
 
     @property
     def stable(self) -> bool:
@@ -500,7 +507,7 @@ def perturbation_growth(
     if not isinstance(steps, int | np.integer) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
     flat, unravel = ravel_pytree(params)
-    step = _gd_pair_step(loss_fn, unravel) if _step is None else _step
+    step = _gd_pair_step(loss_fn, _static_unravel(params, unravel)) if _step is None else _step
     key = jax.random.PRNGKey(0) if key is None else key
     if direction is None:
         noise = jax.random.normal(key, flat.shape, flat.dtype)
@@ -515,13 +522,15 @@ def perturbation_growth(
     start = float(jnp.linalg.norm(delta))
     lr_arr, wd_arr = jnp.asarray(lr, flat.dtype), jnp.asarray(weight_decay, flat.dtype)
     previous = current = pair[1] - pair[0]
+    history = [1.0]
     for _ in range(steps):
         pair = step(pair, lr_arr, wd_arr)
         if not bool(jnp.all(jnp.isfinite(pair))):
-            return StabilityTest(float(lr), float("inf"), False)
+            return StabilityTest(float(lr), float("inf"), False, tuple(history))
         previous, current = current, pair[1] - pair[0]
+        history.append(float(jnp.linalg.norm(current)) / start)
     alternating = bool(jnp.vdot(current, previous) < 0)
-    return StabilityTest(float(lr), float(jnp.linalg.norm(current)) / start, alternating)
+    return StabilityTest(float(lr), history[-1], alternating, tuple(history))
 
 
 @dataclass(frozen=True)
@@ -562,7 +571,7 @@ def largest_stable_lr(
     if not isinstance(bisections, int | np.integer) or bisections < 0:
         raise ValueError(f"bisections must be a non-negative integer, got {bisections!r}")
     _, unravel = ravel_pytree(params)
-    step = _gd_pair_step(loss_fn, unravel)
+    step = _gd_pair_step(loss_fn, _static_unravel(params, unravel))
     options = {"weight_decay": weight_decay, "steps": steps, "key": key}
     options |= {"rel_perturbation": rel_perturbation, "direction": direction}
 
@@ -617,7 +626,8 @@ def depth_study_row(
     bisections: int = 12,
     steps: int = 20,
     seed: int = 0,
-) -> DepthStudyRow:
+    return_params: bool = False,
+) -> DepthStudyRow | tuple[DepthStudyRow, Callable, Params]:
     r"""Chapter 5's measurement for one ``SmallCNN(width, depth, "swish")`` on a fixed batch.
 
     1. sharpness :math:`\lambda_{\max}` of the cross-entropy at initialisation;
@@ -628,6 +638,8 @@ def depth_study_row(
     4. the measured one: :func:`largest_stable_lr` with twins perturbed along the top
        eigenvector (``steps`` GD steps per test, ``bisections`` log-bisections in
        ``[1e-3, 1e2]``).
+
+    With ``return_params=True`` it returns ``(row, apply, trained_params)``.
     """
     import optax
     from flax import nnx
@@ -668,7 +680,7 @@ def depth_study_row(
         steps=steps,
         direction=top.vectors[:, 0],
     )
-    return DepthStudyRow(
+    row = DepthStudyRow(
         depth=depth,
         width=width,
         num_params=int(ravel_pytree(params)[0].size),
@@ -683,3 +695,4 @@ def depth_study_row(
         measured_lr_upper=found.upper,
         hvps=init.num_hvps + top.num_hvps + bottom.num_hvps,
     )
+    return (row, apply, params) if return_params else row
