@@ -29,6 +29,12 @@ Tools:
   previous call's eigenvectors) to warm-start, which is what makes tracking the sharpness
   during training cheap.
 
+**Measured stability** (chapter 5): :func:`perturbation_growth` runs gradient descent from
+``params`` and from a slightly perturbed copy in lockstep (the book's twins) and reports how
+their difference grows; :func:`largest_stable_lr` bisects the learning rate on that test, to
+be compared with the predicted :math:`2/(\lambda_{\max}+\alpha)`;
+:func:`depth_study_row` is chapter 5's whole measurement for one ``SmallCNN``.
+
 **Eigenvector layout.** Parameters are flattened with :func:`jax.flatten_util.ravel_pytree`;
 eigenvectors are returned flat, as the columns of an ``(n, k)`` array, and
 :meth:`HessianEigs.vectors_as_pytrees` turns them back into parameter pytrees. ``init``
