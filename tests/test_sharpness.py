@@ -99,3 +99,36 @@ def test_non_scalar_loss_and_bad_chunks():
         sh.top_hessian_eigs(lambda w: w["a"] ** 2, params)
     with pytest.raises(ValueError, match="chunk_size"):
         sh.hvp(lambda w, x: jnp.sum(w["a"] * x), params, data=jnp.ones((10, 12)), chunk_size=3)
+
+
+def test_largest_stable_lr_on_a_quadratic_matches_two_over_lambda():
+    diag = jnp.linspace(0.5, 4.0, 16)
+
+    def loss(w):
+        return 0.5 * jnp.sum(diag * (w["a"] - 1.0) ** 2)
+
+    params = {"a": jnp.ones(16) + 0.1}
+    top = sh.top_hessian_eigs(loss, params, k=1)
+    found = sh.largest_stable_lr(
+        loss, params, weight_decay=0.5, bisections=14, steps=30, direction=top.vectors[:, 0]
+    )
+    assert found.lower < 2 / (4.0 + 0.5) <= found.upper
+    assert found.upper / found.lower < 1.01
+    below = sh.perturbation_growth(loss, params, 0.95 * 2 / 4.5, weight_decay=0.5, steps=30)
+    above = sh.perturbation_growth(loss, params, 1.05 * 2 / 4.5, weight_decay=0.5, steps=30)
+    assert below.stable and not above.stable and above.alternating
+    assert len(above.history) == 31 and above.history[0] == 1.0
+
+
+def test_stability_helpers_reject_bad_input():
+    params = {"a": jnp.ones(4)}
+
+    def loss(w):
+        return jnp.sum(w["a"] ** 2)
+
+    with pytest.raises(ValueError, match="lr"):
+        sh.perturbation_growth(loss, params, -1.0)
+    with pytest.raises(ValueError, match="direction"):
+        sh.perturbation_growth(loss, params, 0.1, direction=jnp.ones(3))
+    with pytest.raises(ValueError, match="bracket"):
+        sh.largest_stable_lr(loss, params, bracket=(1.5, 2.0))
