@@ -61,7 +61,7 @@ Public functions: :func:`checkerboard`, :func:`correlate_valid`, :func:`forward`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import jax
@@ -251,6 +251,7 @@ class LinearisedPDE:
     data_matrix: np.ndarray
     weight_decay: float
     forcing: np.ndarray
+    _data_eigenvalues: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def kernel_size(self) -> int:
@@ -263,11 +264,19 @@ class LinearisedPDE:
 
     def with_weight_decay(self, weight_decay: float) -> LinearisedPDE:
         """The same region and data with another :math:`\alpha`."""
-        return LinearisedPDE(self.region, self.data_matrix, float(weight_decay), self.forcing)
+        return LinearisedPDE(
+            self.region, self.data_matrix, float(weight_decay), self.forcing, self._data_spectrum()
+        )
+
+    def _data_spectrum(self) -> np.ndarray:
+        """Eigenvalues of :math:`B`, computed once and shared by :meth:`with_weight_decay`."""
+        if self._data_eigenvalues is None:
+            object.__setattr__(self, "_data_eigenvalues", np.linalg.eigvalsh(self.data_matrix))
+        return self._data_eigenvalues
 
     def eigenvalues(self) -> np.ndarray:
         """Eigenvalues of :math:`A`, ascending."""
-        return np.linalg.eigvalsh(self.data_matrix) + self.weight_decay
+        return self._data_spectrum() + self.weight_decay
 
     def amplification(self, lr: float) -> np.ndarray:
         r"""Forward-Euler factors :math:`1 - \Delta t\,\lambda_i`, one per eigenvalue."""
