@@ -307,3 +307,23 @@ def test_mismatched_data_and_network_is_a_clear_error():
 def test_json_ready_member_description():
     text = json.dumps(MEMBERS.describe())
     assert '"reference": 0' in text
+
+
+@pytest.mark.slow
+def test_batchnorm_network_trains_in_the_ensemble():
+    """ResNet-20 (BatchNorm, crop-and-flip) through the whole engine on tiny synthetic data."""
+    from restrained.data import synthetic_images
+
+    data = synthetic_images(16, 8, (8, 8, 3))
+    net = build_network("resnet20", (8, 8, 3))
+    config = TrainConfig(epochs=1, batch_size=8, momentum=0.9, nesterov=True, augment=True)
+    result = train_ensemble(net, data, Members.grid([1], [1, 1, 3]), config)
+    _, stats0 = net.init(jax.random.split(jax.random.PRNGKey(1), 3)[0])
+    pairs = zip(
+        jax.tree_util.tree_leaves(result.stats), jax.tree_util.tree_leaves(stats0), strict=True
+    )
+    assert all(not np.array_equal(np.asarray(a)[0], np.asarray(b)) for a, b in pairs)
+    assert (result.diverged_step == -1).all()
+    for a in jax.tree_util.tree_leaves(result.params):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(a)[1])
+    assert result.history[-1]["D"][2] > 0

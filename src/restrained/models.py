@@ -443,7 +443,7 @@ class Network:
 
     def apply(self, params: Params, stats: Params, x: jax.Array, train: bool):
         """Logits and the updated BatchNorm statistics (unchanged when ``train=False``)."""
-        module = nnx.merge(self.graphdef, params, stats)
+        module = nnx.merge(self.graphdef, params, stats, copy=True)
         logits = module(x, train=train) if self._takes_train else module(x)
         return logits, nnx.state(module, nnx.BatchStat)
 

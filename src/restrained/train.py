@@ -139,6 +139,7 @@ class EnsembleResult:
     resumed_from_step: int
     devices: int
     layer_names: list[str] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time per epoch run here
 
     def final(self, key: str, last: int = 1) -> np.ndarray:
         """Mean over the last ``last`` epochs of a per-epoch, per-member metric."""
@@ -437,6 +438,8 @@ def train_ensemble(
         unit="step",
     )
     step = resumed_from
+    epoch_seconds: list[float] = []
+    epoch_started = time.perf_counter()
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         end = (epoch + 1) * steps_per_epoch
@@ -477,6 +480,8 @@ def train_ensemble(
             history.append(record)
             state["loss_sum"] = sharding.put(np.zeros(n_members, np.float32), shard)
             state["correct_sum"] = sharding.put(np.zeros(n_members, np.float32), shard)
+            epoch_seconds.append(time.perf_counter() - epoch_started)
+            epoch_started = time.perf_counter()
         if manager is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
             manager.save(
                 step, state, {"fingerprint": fingerprint, "history": history, "trace": trace}
@@ -499,4 +504,5 @@ def train_ensemble(
         resumed_from_step=resumed_from,
         devices=int(mesh.devices.size),
         layer_names=names,
+        epoch_seconds=epoch_seconds,
     )
