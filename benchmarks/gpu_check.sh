@@ -3,6 +3,8 @@
 #   benchmarks/gpu_check.sh [OUT_DIR]      results go to OUT_DIR/gpu_check.json
 #   OUT_DIR defaults to $GPU_CHECK_OUT, else results/gpu.
 #   GPU_CHECK_TINY=1 runs tiny sizes (a CPU smoke test of the script itself).
+#   GPU_CHECK_TIMEOUT (default 400 s) kills the run; sections that would start after
+#   GPU_CHECK_BUDGET (default 330 s) are skipped and reported as skipped.
 #   Extra packages may come first on PYTHONPATH (e.g. PYTHONPATH=/tmp/site); src is appended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +17,5 @@ py=${PYTHON:-python3}
 "$py" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 tiny=()
 if [ -n "${GPU_CHECK_TINY:-}" ]; then tiny=(--tiny); fi
-timeout "${GPU_CHECK_TIMEOUT:-400}" "$py" benchmarks/gpu_check.py --out "$out" "${tiny[@]}" 2>&1 | tee "$out/gpu_check.log"
+timeout "${GPU_CHECK_TIMEOUT:-400}" "$py" benchmarks/gpu_check.py --out "$out" \
+  --budget-s "${GPU_CHECK_BUDGET:-330}" "${tiny[@]}" 2>&1 | tee "$out/gpu_check.log"
