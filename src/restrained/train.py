@@ -440,57 +440,63 @@ def train_ensemble(
     step = resumed_from
     epoch_seconds: list[float] = []
     epoch_started = time.perf_counter()
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        end = (epoch + 1) * steps_per_epoch
-        for every in (config.checkpoint_every, config.record_every):
-            if every:
-                end = min(end, (step // every + 1) * every)
-        phase = sum(1 for m in config.lr_milestones if epoch >= m)
-        state = chunk_fn(end - step)(
-            state,
-            jnp.int32(epoch),
-            jnp.int32(in_epoch),
-            sharding.put(steps_by_phase[phase], shard),
-        )
-        bar.update(end - step)
-        step = end
-        if config.record_every and step % config.record_every == 0:
-            total, per = sharding.fetch(trace_metrics(state))
-            record = {"step": step, "D": total.tolist()}
-            if config.per_layer:
-                record["D_layers"] = {n: v.tolist() for n, v in zip(names, per, strict=True)}
-            trace.append(record)
-        if step % steps_per_epoch == 0:
-            test_loss, test_acc, total, per = sharding.fetch(epoch_metrics(state))
-            sums = sharding.fetch({k: state[k] for k in ("loss_sum", "correct_sum")})
-            n_seen = steps_per_epoch * config.batch_size
-            record = {
-                "epoch": epoch + 1,
-                "step": step,
-                "learning_rate_phase": phase,
-                "train_loss": (sums["loss_sum"] / steps_per_epoch).tolist(),
-                "train_accuracy": (sums["correct_sum"] / n_seen).tolist(),
-                "test_loss": test_loss.tolist(),
-                "test_accuracy": test_acc.tolist(),
-                "D": total.tolist(),
-            }
-            if config.per_layer:
-                record["D_layers"] = {n: v.tolist() for n, v in zip(names, per, strict=True)}
-            history.append(record)
-            state["loss_sum"] = sharding.put(np.zeros(n_members, np.float32), shard)
-            state["correct_sum"] = sharding.put(np.zeros(n_members, np.float32), shard)
-            epoch_seconds.append(time.perf_counter() - epoch_started)
-            epoch_started = time.perf_counter()
-        if manager is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-            manager.save(
-                step, state, {"fingerprint": fingerprint, "history": history, "trace": trace}
+    try:
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            end = (epoch + 1) * steps_per_epoch
+            for every in (config.checkpoint_every, config.record_every):
+                if every:
+                    end = min(end, (step // every + 1) * every)
+            phase = sum(1 for m in config.lr_milestones if epoch >= m)
+            state = chunk_fn(end - step)(
+                state,
+                jnp.int32(epoch),
+                jnp.int32(in_epoch),
+                sharding.put(steps_by_phase[phase], shard),
             )
-            if on_checkpoint is not None:
-                on_checkpoint(step)
-    bar.close()
-    if manager is not None:
-        manager.close()
+            bar.update(end - step)
+            step = end
+            if config.record_every and step % config.record_every == 0:
+                total, per = sharding.fetch(trace_metrics(state))
+                record = {"step": step, "D": total.tolist()}
+                if config.per_layer:
+                    record["D_layers"] = {n: v.tolist() for n, v in zip(names, per, strict=True)}
+                trace.append(record)
+            if step % steps_per_epoch == 0:
+                test_loss, test_acc, total, per = sharding.fetch(epoch_metrics(state))
+                sums = sharding.fetch({k: state[k] for k in ("loss_sum", "correct_sum")})
+                n_seen = steps_per_epoch * config.batch_size
+                record = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "learning_rate_phase": phase,
+                    "train_loss": (sums["loss_sum"] / steps_per_epoch).tolist(),
+                    "train_accuracy": (sums["correct_sum"] / n_seen).tolist(),
+                    "test_loss": test_loss.tolist(),
+                    "test_accuracy": test_acc.tolist(),
+                    "D": total.tolist(),
+                }
+                if config.per_layer:
+                    record["D_layers"] = {n: v.tolist() for n, v in zip(names, per, strict=True)}
+                history.append(record)
+                state["loss_sum"] = sharding.put(np.zeros(n_members, np.float32), shard)
+                state["correct_sum"] = sharding.put(np.zeros(n_members, np.float32), shard)
+                epoch_seconds.append(time.perf_counter() - epoch_started)
+                epoch_started = time.perf_counter()
+            if (
+                manager is not None
+                and config.checkpoint_every
+                and step % config.checkpoint_every == 0
+            ):
+                manager.save(
+                    step, state, {"fingerprint": fingerprint, "history": history, "trace": trace}
+                )
+                if on_checkpoint is not None:
+                    on_checkpoint(step)
+    finally:
+        bar.close()
+        if manager is not None:
+            manager.close()
     final = sharding.fetch({k: state[k] for k in ("params", "stats", "diverged_step")})
     return EnsembleResult(
         members=members,
