@@ -155,3 +155,34 @@ def test_one_step_difference_on_the_digits_cnn():
         apply, params, x, y, learning_rate=0.1, k=3, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
     assert 0.0 < frac < 0.5
+
+
+def test_train_twins_k1_copies_stay_identical_and_k3_copies_separate():
+    import jax
+    from flax import nnx
+
+    from restrained.data import load_digits
+    from restrained.models import SmallCNN, functional
+    from restrained.twins import train_twins
+
+    data = load_digits()
+    apply, params = functional(SmallCNN(width=4, conv_impl="matmul", rngs=nnx.Rngs(0)))
+    common = dict(learning_rate=0.5, steps=40, batch_size=32, record_every=10)
+    same = train_twins(
+        apply, params, data.x_train, data.y_train, k=1, key=jax.random.key(0), **common
+    )
+    assert same.finite and np.all(same.divergence == 0.0)
+    apart = train_twins(
+        apply, params, data.x_train, data.y_train, k=3, key=jax.random.key(0), **common
+    )
+    assert apart.divergence[-1] > 0.0
+    np.testing.assert_array_equal(same.loss_a, apart.loss_a)  # copy A is the same run
+    with pytest.raises(ValueError, match="record_every"):
+        train_twins(
+            apply,
+            params,
+            data.x_train,
+            data.y_train,
+            key=jax.random.key(0),
+            **{**common, "record_every": 7},
+        )

@@ -10,6 +10,7 @@ at equal :math:`t`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,35 @@ def batch_indices(key: jax.Array, n_examples: int, batch_size: int, steps: int) 
     return batches[:steps]
 
 
+@functools.lru_cache(maxsize=32)
+def _twin_program(apply: Apply, learning_rate: float, k: int, weight_decay: float):
+    """The jitted lockstep loop, built once per network and recursion and reused across calls."""
+    opt_a = perturbed_sgd(learning_rate, k=1, weight_decay=weight_decay)
+    opt_b = perturbed_sgd(learning_rate, k=k, weight_decay=weight_decay)
+
+    def run(p0, x, y, blocks):
+        grad_fn = jax.value_and_grad(lambda p, idx: cross_entropy(apply(p, x[idx]), y[idx]))
+
+        def step(carry, idx):
+            (pa, sa), (pb, sb) = carry
+            la, ga = grad_fn(pa, idx)
+            lb, gb = grad_fn(pb, idx)
+            ua, sa = opt_a.update(ga, sa, pa)
+            ub, sb = opt_b.update(gb, sb, pb)
+            new = ((optax.apply_updates(pa, ua), sa), (optax.apply_updates(pb, ub), sb))
+            return new, (la, lb)
+
+        def chunk(carry, idx_block):
+            carry, (la, lb) = jax.lax.scan(step, carry, idx_block)
+            (pa, _), (pb, _) = carry
+            return carry, (relative_l1(pa, pb), la[-1], lb[-1])
+
+        init = ((p0, opt_a.init(p0)), (p0, opt_b.init(p0)))
+        return jax.lax.scan(chunk, init, blocks)
+
+    return jax.jit(run)
+
+
 def train_twins(
     apply: Apply,
     params: Params,
@@ -78,33 +108,8 @@ def train_twins(
     x, y = jnp.asarray(x), jnp.asarray(y)
     batches = batch_indices(key, x.shape[0], batch_size, steps)
     batches = batches.reshape(steps // record_every, record_every, batch_size)
-    opt_a = perturbed_sgd(learning_rate, k=1, weight_decay=weight_decay)
-    opt_b = perturbed_sgd(learning_rate, k=k, weight_decay=weight_decay)
-
-    def loss_fn(p: Params, idx: jax.Array) -> jax.Array:
-        return cross_entropy(apply(p, x[idx]), y[idx])
-
-    grad_fn = jax.value_and_grad(loss_fn)
-
-    def step(carry, idx):
-        (pa, sa), (pb, sb) = carry
-        la, ga = grad_fn(pa, idx)
-        lb, gb = grad_fn(pb, idx)
-        ua, sa = opt_a.update(ga, sa, pa)
-        ub, sb = opt_b.update(gb, sb, pb)
-        return ((optax.apply_updates(pa, ua), sa), (optax.apply_updates(pb, ub), sb)), (la, lb)
-
-    def chunk(carry, idx_block):
-        carry, (la, lb) = jax.lax.scan(step, carry, idx_block)
-        (pa, _), (pb, _) = carry
-        return carry, (relative_l1(pa, pb), la[-1], lb[-1])
-
-    @jax.jit
-    def run(p0, blocks):
-        init = ((p0, opt_a.init(p0)), (p0, opt_b.init(p0)))
-        return jax.lax.scan(chunk, init, blocks)
-
-    ((pa, _), (pb, _)), (div, la, lb) = run(params, batches)
+    run = _twin_program(apply, float(learning_rate), int(k), float(weight_decay))
+    ((pa, _), (pb, _)), (div, la, lb) = run(params, x, y, batches)
     recorded = np.arange(1, steps // record_every + 1) * record_every
     finite = all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves((pa, pb)))
     return TwinRecord(
