@@ -123,3 +123,14 @@ def test_energy_fraction_and_moving_average():
     assert rd.energy_fraction([2.0, 0.0], [1.0, 0.0]) == 1.0
     assert rd.energy_fraction([1.0, 1.0], [1.0, 0.0]) == pytest.approx(0.5)
     np.testing.assert_allclose(rd.moving_average([1, 2, 3, 4], 2), [1.5, 2.5, 3.5])
+
+
+def test_twin_sweep_matches_single_runs_and_marks_divergence():
+    grad = lambda x: 2.0 * x  # noqa: E731
+    x0 = jnp.linspace(0.1, 1.0, 8, dtype=jnp.float32)
+    sweep = rd.twin_sweep(grad, x0, [0.1, 1.2], 40, k=3, bound=1e3)
+    single = rd.twin_iteration(grad, x0, 0.1, 40, k=3)
+    # Batched and single programs may fuse differently (e.g. into FMAs): equal to rounding.
+    np.testing.assert_allclose(sweep.final_a[0], single.final_a, rtol=1e-6)
+    np.testing.assert_allclose(sweep.final_b[0], single.final_b, rtol=1e-6)
+    assert sweep.diverged_at[0] == -1 and sweep.diverged_at[1] > 0

@@ -23,6 +23,7 @@ recorded curves into onset steps.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,7 @@ def mlp_init(key: jax.Array, sizes: Sequence[int]) -> list[tuple[jax.Array, jax.
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must hold >= 2 positive layer widths, got {sizes}")
     params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         key, sub = jax.random.split(key)
         w = jax.random.normal(sub, (fan_in, fan_out), jnp.float32) / np.sqrt(fan_in)
         params.append((w, jnp.zeros(fan_out, jnp.float32)))
@@ -180,7 +181,9 @@ def make_chunk(
     carry and, per step, the loss before the step and (twin only) ``D`` after it.
     """
     opt_a = perturbed_sgd(lr, k=1, momentum=momentum, weight_decay=weight_decay)
-    opt_b = perturbed_sgd(lr, k=twin_k, momentum=momentum, weight_decay=weight_decay) if twin_k else None
+    opt_b = None
+    if twin_k:
+        opt_b = perturbed_sgd(lr, k=twin_k, momentum=momentum, weight_decay=weight_decay)
     value_and_grad = jax.value_and_grad(loss_fn)
 
     def init(params: Params) -> Any:

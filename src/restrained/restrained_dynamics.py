@@ -313,7 +313,7 @@ class TwinTrajectory:
     final_a: np.ndarray
     final_b: np.ndarray
     alive: np.ndarray
-    diverged_at: int
+    diverged_at: Any  # int, or one int per learning rate for a sweep
 
 
 def _check_run(lr: float, steps: int, k: int) -> None:
@@ -376,6 +376,60 @@ def iterate(
     )
 
 
+def twin_sweep(
+    gradient: Gradient,
+    x0: Any,
+    lrs: Any,
+    steps: int,
+    *,
+    k: int = 3,
+    observe: Observe | None = None,
+    bound: float = 1e12,
+) -> TwinTrajectory:
+    """Two copies from the same ``x0`` for every learning rate at once (vmapped).
+
+    Copy A steps with ``lr·g``, copy B with ``(lr·k)·(g/k)``; ``lr·k`` is formed in double
+    precision and rounded once, as PyTorch does. Records ``D`` (:func:`restrained.fp.relative_l1`)
+    and ``observe`` of each copy after each step. A learning rate whose copies become
+    unhealthy (non-finite, or an entry above ``bound``) is frozen from that step on. Every
+    field has a leading axis over ``lrs``; ``diverged_at`` is then an array.
+    """
+    lrs = np.atleast_1d(np.asarray(lrs, np.float64))
+    for lr in lrs:
+        _check_run(float(lr), steps, k)
+    if k == 1:
+        raise ValueError("k must be >= 2 for a twin iteration (k = 1 makes identical copies)")
+    observe = observe or (lambda x: ())
+    x0 = jnp.asarray(x0)
+    lr_a = jnp.asarray(lrs, x0.dtype)
+    step_b = jnp.asarray(lrs * k, x0.dtype)
+
+    def run(la, sb):
+        def body(carry, _):
+            a, b, ok = carry
+            na = a - la * gradient(a)
+            nb = b - sb * ieee_divide(gradient(b), k)
+            ok = ok & _healthy(na, bound) & _healthy(nb, bound)
+            a, b = jnp.where(ok, na, a), jnp.where(ok, nb, b)
+            return (a, b, ok), (relative_l1(a, b), observe(a), observe(b), ok)
+
+        return jax.lax.scan(body, (x0, x0, jnp.array(True)), None, length=steps)
+
+    (a, b, _), (div, oa, ob, alive) = jax.jit(jax.vmap(run))(lr_a, step_b)
+    alive = np.asarray(alive)
+    first_dead = np.where(alive.all(axis=1), -1, np.argmin(alive, axis=1) + 1)
+    to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+    return TwinTrajectory(
+        divergence=np.asarray(div),
+        observed_a=to_np(oa),
+        observed_b=to_np(ob),
+        final_a=np.asarray(a),
+        final_b=np.asarray(b),
+        alive=alive,
+        diverged_at=first_dead,
+    )
+
+
 def twin_iteration(
     gradient: Gradient,
     x0: Any,
@@ -386,40 +440,17 @@ def twin_iteration(
     observe: Observe | None = None,
     bound: float = 1e12,
 ) -> TwinTrajectory:
-    """Two copies from the same ``x0``: copy A steps with ``lr·g``, copy B with ``(lr·k)(g/k)``.
-
-    Records the divergence ``D`` (:func:`restrained.fp.relative_l1`) after each step, and
-    ``observe`` of each copy. Stops both copies (freezes them) as soon as either is unhealthy.
-    """
-    _check_run(lr, steps, k)
-    if k == 1:
-        raise ValueError("k must be >= 2 for a twin iteration (k = 1 makes identical copies)")
-    observe = observe or (lambda x: ())
-
-    def body(carry, _):
-        a, b, ok = carry
-        na = euler_step(a, gradient(a), lr, 1)
-        nb = euler_step(b, gradient(b), lr, k)
-        ok = ok & _healthy(na, bound) & _healthy(nb, bound)
-        a, b = jnp.where(ok, na, a), jnp.where(ok, nb, b)
-        return (a, b, ok), (relative_l1(a, b), observe(a), observe(b), ok)
-
-    @jax.jit
-    def run(x):
-        return jax.lax.scan(body, (x, x, jnp.array(True)), None, length=steps)
-
-    (a, b, _), (div, oa, ob, alive) = run(jnp.asarray(x0))
-    alive = np.asarray(alive)
-    dead = np.flatnonzero(~alive)
-    to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+    """:func:`twin_sweep` for one learning rate, without the leading axis."""
+    sweep = twin_sweep(gradient, x0, [lr], steps, k=k, observe=observe, bound=bound)
+    first = lambda t: jax.tree_util.tree_map(lambda v: v[0], t)  # noqa: E731
     return TwinTrajectory(
-        divergence=np.asarray(div),
-        observed_a=to_np(oa),
-        observed_b=to_np(ob),
-        final_a=np.asarray(a),
-        final_b=np.asarray(b),
-        alive=alive,
-        diverged_at=int(dead[0]) + 1 if dead.size else -1,
+        divergence=sweep.divergence[0],
+        observed_a=first(sweep.observed_a),
+        observed_b=first(sweep.observed_b),
+        final_a=sweep.final_a[0],
+        final_b=sweep.final_b[0],
+        alive=sweep.alive[0],
+        diverged_at=int(sweep.diverged_at[0]),
     )
 
 
