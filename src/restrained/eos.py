@@ -403,15 +403,20 @@ def self_stabilization_map(
     :math:`x_{t+1} = -(1 + \eta y_t)\,x_t`, :math:`y_{t+1} = y_t + \eta(\alpha - \beta x_t^2/2)`:
     ``x`` is the displacement along the top eigenvector, ``y`` the sharpness minus
     :math:`2/\eta`; :math:`\alpha > 0` is the progressive-sharpening force, :math:`\beta > 0`
-    the self-stabilisation strength. Returns the two sequences (length ``steps + 1``).
+    the self-stabilisation strength. Returns the two sequences (length ``steps + 1``); a
+    run that overflows is NaN from there on.
     """
     if not (lr > 0 and alpha > 0 and beta > 0):
         raise ValueError(f"lr, alpha and beta must be > 0, got {lr}, {alpha}, {beta}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    x, y = np.empty(steps + 1), np.empty(steps + 1)
+    x, y = np.full(steps + 1, np.nan), np.full(steps + 1, np.nan)
     x[0], y[0] = x0, y0
-    for t in range(steps):
-        x[t + 1] = -(1.0 + lr * y[t]) * x[t]
-        y[t + 1] = y[t] + lr * (alpha - beta * x[t] ** 2 / 2.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(steps):
+            x[t + 1] = -(1.0 + lr * y[t]) * x[t]
+            y[t + 1] = y[t] + lr * (alpha - beta * x[t] ** 2 / 2.0)
+            if not (np.isfinite(x[t + 1]) and np.isfinite(y[t + 1])):
+                x[t + 1] = y[t + 1] = np.nan
+                break
     return x, y
