@@ -89,6 +89,25 @@ def test_onset_helpers():
     assert np.isnan(eos.first_crossing([0, 10], [1.0, 2.0], 4.0))
     assert eos.divergence_onset([1e-8, 1e-7, 1e-3, 1e-2], 1e-5) == 3
     assert eos.divergence_onset([1e-8], 1e-5) == -1
+    steps, values = np.arange(0, 60, 10), np.array([9.0, 6.0, 7.0, 8.0, 9.0, 9.5])
+    assert eos.first_crossing(steps, values, 8.5) == 0.0
+    assert eos.sharpening_crossing(steps, values, 8.5) == pytest.approx(35.0)
+
+
+def test_load_run_round_trip():
+    loss_fn = quadratic([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    run = eos.train_gd(loss_fn, {"w": jnp.ones(6, jnp.float32)}, 0.1, 20, twin_k=3)
+    arrays = {
+        "r/loss": run.loss,
+        "r/tracked_steps": run.tracked_steps,
+        "r/sharpness": run.sharpness,
+        "r/hvps": run.hvps,
+        "r/config": np.array([run.lr, run.weight_decay, run.momentum, run.diverged_at]),
+        "r/divergence": run.divergence,
+    }
+    back = eos.load_run(arrays, "r")
+    np.testing.assert_array_equal(back.sharpness, run.sharpness)
+    assert back.threshold == run.threshold and back.divergence is not None
 
 
 def test_self_stabilization_map_hovers_at_the_edge():

@@ -379,11 +379,41 @@ def first_crossing(steps: Any, values: Any, level: float) -> float:
     return float(s0 + (level - v0) * (s1 - s0) / (v1 - v0))
 
 
+def sharpening_crossing(steps: Any, values: Any, level: float) -> float:
+    """First crossing of ``level`` after the early dip: the end of progressive sharpening.
+
+    Sharpness often drops during the first steps (also in Cohen et al.'s runs) before it
+    rises. The search starts at the minimum of ``values`` over the first half of the record,
+    so a start above ``level`` is not counted as reaching the edge.
+    """
+    steps, values = np.asarray(steps, np.float64), np.asarray(values, np.float64)
+    j = int(np.nanargmin(values[: max(1, values.size // 2)]))
+    return first_crossing(steps[j:], values[j:], level)
+
+
 def divergence_onset(divergence: Any, threshold: float) -> int:
     """First step (1-based) after which ``D`` exceeds ``threshold``; -1 if it never does."""
     d = np.asarray(divergence, np.float64)
     hits = np.flatnonzero(d > threshold)
     return int(hits[0]) + 1 if hits.size else -1
+
+
+def load_run(arrays: Any, prefix: str) -> GDRun:
+    """A :class:`GDRun` from the arrays ``results/eos_experiments.py`` saved under ``prefix``."""
+    lr, wd, mu, dead = (float(v) for v in arrays[f"{prefix}/config"])
+    div_key = f"{prefix}/divergence"
+    return GDRun(
+        lr=lr,
+        weight_decay=wd,
+        momentum=mu,
+        loss=np.asarray(arrays[f"{prefix}/loss"]),
+        tracked_steps=np.asarray(arrays[f"{prefix}/tracked_steps"]),
+        sharpness=np.asarray(arrays[f"{prefix}/sharpness"]),
+        hvps=np.asarray(arrays[f"{prefix}/hvps"]),
+        divergence=np.asarray(arrays[div_key]) if div_key in arrays else None,
+        diverged_at=int(dead),
+        final_params=None,
+    )
 
 
 def plateau(run: GDRun, start: int) -> np.ndarray:
