@@ -26,8 +26,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write(path: Path, *, wall_seconds: float, extra: dict | None = None) -> dict:
-    """Write ``path`` (JSON): command, commit, package versions, device, wall time."""
+def write(
+    path: Path, *, wall_seconds: float, extra: dict | None = None, commit: str | None = None
+) -> dict:
+    """Write ``path`` (JSON): command, commit, package versions, device, wall time.
+
+    Pass the ``commit`` read when the computation started (:func:`git_commit`); by default it
+    is read now.
+    """
     import jax
     import numpy as np
 
@@ -35,7 +41,7 @@ def write(path: Path, *, wall_seconds: float, extra: dict | None = None) -> dict
 
     record = {
         "command": "PYTHONPATH=src python " + " ".join(sys.argv),
-        "commit": git_commit(),
+        "commit": commit or git_commit(),
         "versions": {
             "python": platform.python_version(),
             "jax": jax.__version__,

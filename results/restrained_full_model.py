@@ -51,6 +51,7 @@ def main() -> None:
         loss = cnn_pde.loss(k, image, 1.0, 1.0, ALPHA)
         return loss, jnp.sum(k * patch), rd.region_fractions(u)
 
+    commit = provenance.git_commit()
     start = time.perf_counter()
     sweep = rd.twin_sweep(gradient, kernel0, LRS, STEPS, k=3, observe=observe, bound=1e12)
     wall = time.perf_counter() - start
@@ -74,6 +75,7 @@ def main() -> None:
     record = provenance.write(
         OUT.with_suffix(".json"),
         wall_seconds=wall,
+        commit=commit,
         extra={"lrs": LRS, "alpha": ALPHA, "steps": STEPS, "seed": SEED, "dtype": "float32"},
     )
     print(record, flush=True)

@@ -138,6 +138,7 @@ class GDRun:
     divergence: np.ndarray | None  # D(copy k=1, copy k) after each step, if a twin ran
     diverged_at: int  # first step whose iterate was non-finite, -1 if none
     final_params: Params = field(repr=False)
+    separation: np.ndarray | None = None  # ||theta_k - theta_1|| / ||theta_1|| after each step
 
     @property
     def threshold(self) -> float:
@@ -178,7 +179,8 @@ def make_chunk(
     """A jitted function running ``chunk`` GD steps (one copy, or two in lockstep).
 
     Returns ``(init, run)``: ``init(params)`` builds the carry, ``run(carry)`` returns the new
-    carry and, per step, the loss before the step and (twin only) ``D`` after it.
+    carry and, per step, the loss before the step and (twin only) ``D`` and the relative
+    Euclidean distance of the copies after it.
     """
     opt_a = perturbed_sgd(lr, k=1, momentum=momentum, weight_decay=weight_decay)
     opt_b = None
@@ -196,12 +198,13 @@ def make_chunk(
         ua, sa = opt_a.update(ga, sa, pa)
         pa = optax.apply_updates(pa, ua)
         if not twin_k:
-            return ((pa, sa),), (la, jnp.zeros(()))
+            return ((pa, sa),), (la, jnp.zeros(()), jnp.zeros(()))
         (pb, sb) = carry[1]
         _, gb = value_and_grad(pb)
         ub, sb = opt_b.update(gb, sb, pb)
         pb = optax.apply_updates(pb, ub)
-        return ((pa, sa), (pb, sb)), (la, relative_l1(pa, pb))
+        rel = tree_distance(pa, pb) / tree_distance(pa, jax.tree.map(jnp.zeros_like, pa))
+        return ((pa, sa), (pb, sb)), (la, relative_l1(pa, pb), rel)
 
     @jax.jit
     def run(carry):
@@ -238,17 +241,18 @@ def train_gd(
     n_chunks = steps // track_every
     loss = np.full(steps, np.nan)
     div = np.full(steps, np.nan) if twin_k else None
+    sep = np.full(steps, np.nan) if twin_k else None
     sharp = np.full(n_chunks + 1, np.nan)
     hvps = np.zeros(n_chunks + 1, np.int64)
     carry, warm, diverged_at = init(params), None, -1
     for c in range(n_chunks):
         lam, warm, used = sharpness_fn(loss_fn, carry[0][0], warm)
         sharp[c], hvps[c] = lam, used
-        carry, (ls, ds) = run(carry)
+        carry, (ls, ds, rs) = run(carry)
         sl = slice(c * track_every, (c + 1) * track_every)
         loss[sl] = np.asarray(ls)
         if twin_k:
-            div[sl] = np.asarray(ds)
+            div[sl], sep[sl] = np.asarray(ds), np.asarray(rs)
         if not bool(_finite(carry[0][0])):
             bad = np.flatnonzero(~np.isfinite(loss[sl]))
             diverged_at = c * track_every + (int(bad[0]) if bad.size else track_every)
@@ -267,6 +271,7 @@ def train_gd(
         divergence=div,
         diverged_at=diverged_at,
         final_params=carry[0][0],
+        separation=sep,
     )
 
 
@@ -401,7 +406,7 @@ def divergence_onset(divergence: Any, threshold: float) -> int:
 def load_run(arrays: Any, prefix: str) -> GDRun:
     """A :class:`GDRun` from the arrays ``results/eos_experiments.py`` saved under ``prefix``."""
     lr, wd, mu, dead = (float(v) for v in arrays[f"{prefix}/config"])
-    div_key = f"{prefix}/divergence"
+    div_key, sep_key = f"{prefix}/divergence", f"{prefix}/separation"
     return GDRun(
         lr=lr,
         weight_decay=wd,
@@ -413,6 +418,7 @@ def load_run(arrays: Any, prefix: str) -> GDRun:
         divergence=np.asarray(arrays[div_key]) if div_key in arrays else None,
         diverged_at=int(dead),
         final_params=None,
+        separation=np.asarray(arrays[sep_key]) if sep_key in arrays else None,
     )
 
 
