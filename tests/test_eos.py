@@ -42,6 +42,16 @@ def test_tracked_sharpness_of_a_quadratic_is_exact():
     assert np.all(np.diff(run.loss) < 0)
 
 
+def test_fixed_warm_budget_tracks_a_quadratic():
+    loss_fn = quadratic([1.0, 3.0, 5.0, 7.0, 2.0, 4.0])
+    fn = eos.lobpcg_sharpness(tol=1e-6, warm_steps=2)
+    run = eos.train_gd(loss_fn, {"w": jnp.ones(6, jnp.float32)}, 0.1, 20, sharpness_fn=fn)
+    np.testing.assert_allclose(run.sharpness, 7.0, rtol=1e-3)
+    assert list(run.hvps[1:]) == [2, 2]
+    with pytest.raises(ValueError, match="warm_steps"):
+        eos.lobpcg_sharpness(warm_steps=0)
+
+
 def test_weight_decay_and_momentum_thresholds():
     loss_fn = quadratic([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     params = {"w": jnp.ones(6, jnp.float32)}

@@ -106,16 +106,23 @@ def mlp_problem(
 SharpnessFn = Callable[[LossFn, Params, Any], tuple[float, Any, int]]
 
 
-def lobpcg_sharpness(**options: Any) -> SharpnessFn:
+def lobpcg_sharpness(*, warm_steps: int | None = None, **options: Any) -> SharpnessFn:
     """The top Hessian eigenvalue by :func:`restrained.sharpness.top_hessian_eigs`.
 
     Returns ``f(loss_fn, params, warm) -> (lambda_max, eigenvector, hvps)``; ``warm`` is the
-    previous eigenvector (or None) and starts the solver.
+    previous eigenvector (or None) and starts the solver. ``options`` go to the solver. With
+    ``warm_steps``, a warm-started call runs exactly that many Lanczos steps instead (a fixed,
+    small budget); the cold first call still uses ``options``.
     """
     from restrained.sharpness import top_hessian_eigs
 
+    if warm_steps is not None and warm_steps < 1:
+        raise ValueError(f"warm_steps must be >= 1 or None, got {warm_steps}")
+    warm_options = dict(options, method="lanczos", tol=1e-12, max_iters=warm_steps)
+
     def f(loss_fn: LossFn, params: Params, warm: Any) -> tuple[float, Any, int]:
-        eigs = top_hessian_eigs(loss_fn, params, k=1, init=warm, **options)
+        opts = warm_options if (warm is not None and warm_steps) else options
+        eigs = top_hessian_eigs(loss_fn, params, k=1, init=warm, **opts)
         return float(eigs.values[0]), eigs.vectors, int(eigs.num_hvps)
 
     return f
