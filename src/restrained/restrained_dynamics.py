@@ -385,6 +385,7 @@ def twin_sweep(
     k: int = 3,
     observe: Observe | None = None,
     bound: float = 1e12,
+    x0_b: Any = None,
 ) -> TwinTrajectory:
     """Two copies from the same ``x0`` for every learning rate at once (vmapped).
 
@@ -392,7 +393,9 @@ def twin_sweep(
     precision and rounded once, as PyTorch does. Records ``D`` (:func:`restrained.fp.relative_l1`)
     and ``observe`` of each copy after each step. A learning rate whose copies become
     unhealthy (non-finite, or an entry above ``bound``) is frozen from that step on. Every
-    field has a leading axis over ``lrs``; ``diverged_at`` is then an array.
+    field has a leading axis over ``lrs``; ``diverged_at`` is then an array. To continue
+    earlier runs, pass per-learning-rate starts: ``x0`` (copy A) and ``x0_b`` (copy B), each
+    with a leading axis over ``lrs``.
     """
     lrs = np.atleast_1d(np.asarray(lrs, np.float64))
     for lr in lrs:
@@ -401,10 +404,12 @@ def twin_sweep(
         raise ValueError("k must be >= 2 for a twin iteration (k = 1 makes identical copies)")
     observe = observe or (lambda x: ())
     x0 = jnp.asarray(x0)
+    batched = x0_b is not None
+    starts_b = jnp.asarray(x0_b) if batched else x0
     lr_a = jnp.asarray(lrs, x0.dtype)
     step_b = jnp.asarray(lrs * k, x0.dtype)
 
-    def run(la, sb):
+    def run(la, sb, xa, xb):
         def body(carry, _):
             a, b, ok = carry
             na = a - la * gradient(a)
@@ -413,9 +418,12 @@ def twin_sweep(
             a, b = jnp.where(ok, na, a), jnp.where(ok, nb, b)
             return (a, b, ok), (relative_l1(a, b), observe(a), observe(b), ok)
 
-        return jax.lax.scan(body, (x0, x0, jnp.array(True)), None, length=steps)
+        return jax.lax.scan(body, (xa, xb, jnp.array(True)), None, length=steps)
 
-    (a, b, _), (div, oa, ob, alive) = jax.jit(jax.vmap(run))(lr_a, step_b)
+    axes = (0, 0, 0, 0) if batched else (0, 0, None, None)
+    (a, b, _), (div, oa, ob, alive) = jax.jit(jax.vmap(run, in_axes=axes))(
+        lr_a, step_b, x0, starts_b
+    )
     alive = np.asarray(alive)
     first_dead = np.where(alive.all(axis=1), -1, np.argmin(alive, axis=1) + 1)
     to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
