@@ -1,29 +1,26 @@
-"""Provenance record written next to every precomputed result: how to regenerate it."""
+"""Provenance record written next to every precomputed result: how to regenerate it.
+
+A thin layer over :mod:`restrained.provenance` (shared with the experiment engine) that keeps
+the flat record format of the chapter 6-7 result files.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
+
+from restrained.provenance import device_info, package_versions
+from restrained.provenance import git_commit as _git_state
 
 
 def git_commit() -> str:
     """The commit of the working tree, with '+dirty' when it has uncommitted changes."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    state = _git_state()
+    if state["commit"] is None:
         return "unknown"
+    return state["commit"] + ("+dirty" if state["dirty"] else "")
 
 
 def write(
@@ -34,21 +31,18 @@ def write(
     Pass the ``commit`` read when the computation started (:func:`git_commit`); by default it
     is read now.
     """
-    import jax
-    import numpy as np
-
     import restrained
 
+    device = device_info()
     record = {
         "command": "PYTHONPATH=src python " + " ".join(sys.argv),
         "commit": commit or git_commit(),
         "versions": {
             "python": platform.python_version(),
-            "jax": jax.__version__,
-            "numpy": np.__version__,
+            **{k: v for k, v in package_versions(("jax", "numpy")).items()},
             "restrained": restrained.__version__,
         },
-        "device": f"{jax.default_backend()}: {jax.devices()[0].device_kind}",
+        "device": f"{device['backend']}: {device['device_kind']}",
         "machine": platform.machine(),
         "wall_seconds": round(wall_seconds, 1),
     }
