@@ -12,6 +12,7 @@ r"""Small tools for chapter 10: schedules as stability control, per-layer sharpn
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -38,18 +39,9 @@ def warmup_schedule(peak: float, steps: int, warmup: int) -> np.ndarray:
     return (peak * ramp).astype(np.float32)
 
 
-def scheduled_twins(
-    loss_fn: Any, params: Any, schedule: np.ndarray, k: int = 3
-) -> dict[str, np.ndarray]:
-    """Full-batch GD of a k = 1 / k pair with per-step rates ``schedule``.
-
-    Returns ``loss`` (of the k = 1 copy, before each step) and ``D`` (after each step), and
-    ``finite`` (False if the k = 1 copy produced non-finite values).
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    rates = jnp.asarray(schedule, jnp.float32)
-    steps_k = jnp.asarray(np.asarray(schedule, np.float64) * k, jnp.float32)
+@functools.lru_cache(maxsize=16)
+def _twin_runner(loss_fn: Any, k: int) -> Any:
+    """The jitted lockstep scan, compiled once per loss function and ``k``."""
     grad = jax.value_and_grad(loss_fn)
     kf = jnp.float32(k)
 
@@ -62,7 +54,22 @@ def scheduled_twins(
         b = jax.tree_util.tree_map(lambda p, g: p - lr_k * ieee_divide(g, kf), b, gb)
         return (a, b), (loss_a, relative_l1(a, b))
 
-    (a, _), (loss, d) = jax.jit(lambda p: jax.lax.scan(step, (p, p), (rates, steps_k)))(params)
+    return jax.jit(lambda p, rates, steps_k: jax.lax.scan(step, (p, p), (rates, steps_k)))
+
+
+def scheduled_twins(
+    loss_fn: Any, params: Any, schedule: np.ndarray, k: int = 3
+) -> dict[str, np.ndarray]:
+    """Full-batch GD of a k = 1 / k pair with per-step rates ``schedule``.
+
+    Returns ``loss`` (of the k = 1 copy, before each step) and ``D`` (after each step), and
+    ``finite`` (False if the k = 1 copy produced non-finite values).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    rates = jnp.asarray(schedule, jnp.float32)
+    steps_k = jnp.asarray(np.asarray(schedule, np.float64) * k, jnp.float32)
+    (a, _), (loss, d) = _twin_runner(loss_fn, int(k))(params, rates, steps_k)
     finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(a))
     return {"loss": np.asarray(loss), "D": np.asarray(d), "finite": np.asarray(finite)}
 
