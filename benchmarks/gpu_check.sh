@@ -6,6 +6,9 @@
 #   GPU_CHECK_TIMEOUT (default 400 s) kills the run; sections that would start after
 #   GPU_CHECK_BUDGET (default 330 s) are skipped and reported as skipped.
 #   Extra packages may come first on PYTHONPATH (e.g. PYTHONPATH=/tmp/site); src is appended.
+# Needs jax, flax (with nnx.List; tested: flax 0.12.8 + jax 0.10.2 on Python 3.11, and
+# flax 0.12.12 + jax 0.11.2 on Python 3.12 -- flax 0.12.8 does NOT import under jax 0.11),
+# tqdm and numpy. No dataset, no mnist1d, no orbax needed (synthetic data, no checkpoints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${GPU_CHECK_OUT:-results/gpu}}
