@@ -62,16 +62,23 @@ def scheduled_twins(
 ) -> dict[str, np.ndarray]:
     """Full-batch GD of a k = 1 / k pair with per-step rates ``schedule``.
 
-    Returns ``loss`` (of the k = 1 copy, before each step) and ``D`` (after each step), and
-    ``finite`` (False if the k = 1 copy produced non-finite values).
+    Returns ``loss`` (of the k = 1 copy, before each step), ``D`` (after each step),
+    ``finite`` (False if the k = 1 copy produced non-finite values) and the final
+    parameters of both copies (``params_1``, ``params_k``).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     rates = jnp.asarray(schedule, jnp.float32)
     steps_k = jnp.asarray(np.asarray(schedule, np.float64) * k, jnp.float32)
-    (a, _), (loss, d) = _twin_runner(loss_fn, int(k))(params, rates, steps_k)
+    (a, b), (loss, d) = _twin_runner(loss_fn, int(k))(params, rates, steps_k)
     finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(a))
-    return {"loss": np.asarray(loss), "D": np.asarray(d), "finite": np.asarray(finite)}
+    return {
+        "loss": np.asarray(loss),
+        "D": np.asarray(d),
+        "finite": np.asarray(finite),
+        "params_1": a,
+        "params_k": b,
+    }
 
 
 def layer_sharpness(
