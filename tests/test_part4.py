@@ -88,3 +88,17 @@ def test_layer_sharpness_finds_block_curvatures():
     out = layer_sharpness(loss, params, iterations=5, key=jax.random.PRNGKey(1))
     assert out["a"] == pytest.approx(3.0, rel=1e-5)
     assert out["b"] == pytest.approx(7.0, rel=1e-5)
+
+
+def test_scheduled_twins_k1_pair_is_identical():
+    loss, p = quadratic([1.0, 4.0])
+    run = scheduled_twins(loss, p, np.full(10, 0.3, np.float32), k=1)
+    assert np.all(run["D"] == 0.0)
+    np.testing.assert_array_equal(run["params_1"]["w"], run["params_k"]["w"])
+
+
+def test_gd_sensitivity_needs_k1():
+    from restrained.scans import gd_sensitivity
+
+    with pytest.raises(ValueError, match="ks"):
+        gd_sensitivity(ks=(3, 5))
