@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from restrained import cli, experiments
+from restrained import cli, experiments, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_specs_exist_for_every_experiment_and_profile():
 
 
 def test_finite_json_replaces_nan_and_inf():
-    assert cli.finite_json({"a": [1.0, float("nan")], "b": float("inf")}) == {
+    assert provenance.finite_json({"a": [1.0, float("nan")], "b": float("inf")}) == {
         "a": [1.0, None],
         "b": None,
     }

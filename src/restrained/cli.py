@@ -8,12 +8,9 @@ devices, wall time).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from restrained.experiments import EXPERIMENTS, PROFILES
 
@@ -35,17 +32,6 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def finite_json(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_json(v) for v in value]
     return value
 
 
@@ -118,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     setup()
     from restrained.data import DatasetUnavailableError
     from restrained.experiments import run
-    from restrained.provenance import provenance
+    from restrained.provenance import save_record
 
     started = time.perf_counter()
     try:
@@ -137,14 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetUnavailableError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    record["provenance"] = provenance(
-        time.perf_counter() - started, ["python", "-m", "restrained", *argv]
-    )
     path = args.out / args.experiment / f"{args.profile}.json"
     import jax
 
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(finite_json(record), indent=1, allow_nan=False) + "\n")
+        wall = time.perf_counter() - started
+        save_record(record, path, wall_time_s=wall, argv=["python", "-m", "restrained", *argv])
         print(f"wrote {path} ({record['provenance']['wall_time_s']} s)")
     return 0

@@ -13,7 +13,6 @@ loss at the end (and at initialisation, which every cell shares).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -139,17 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     from restrained import setup
-    from restrained.cli import finite_json
-    from restrained.provenance import provenance
+    from restrained.provenance import save_record
 
     setup()
     started = time.perf_counter()
     record = {"maps": [stability_map(depth=d) for d in args.depths]}
-    argv_used = ["python", "-m", "restrained.maps", *(argv or sys.argv[1:])]
-    record["provenance"] = provenance(time.perf_counter() - started, argv_used)
     path = args.out / "stability-map" / "sharpness-ci.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(finite_json(record), indent=1, allow_nan=False) + "\n")
+    wall = time.perf_counter() - started
+    save_record(
+        record,
+        path,
+        wall_time_s=wall,
+        argv=["python", "-m", "restrained.maps", *(argv or sys.argv[1:])],
+    )
     print(f"wrote {path}")
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
+import math
 import os
 import platform
 import subprocess
@@ -72,3 +74,24 @@ def provenance(wall_time_s: float | None = None, argv: list[str] | None = None) 
         "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 2),
     }
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def save_record(
+    record: dict[str, Any], path: Path, *, wall_time_s: float, argv: list[str]
+) -> dict[str, Any]:
+    """Attach :func:`provenance` to ``record`` and write it to ``path`` as strict JSON."""
+    record["provenance"] = provenance(wall_time_s, argv)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite_json(record), indent=1, allow_nan=False) + "\n")
+    return record

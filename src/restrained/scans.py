@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -246,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     from restrained import setup
-    from restrained.cli import finite_json
-    from restrained.provenance import provenance
+    from restrained.provenance import save_record
 
     setup()
     started = time.perf_counter()
@@ -257,11 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         record = sensitivity_lr_scan(args.profile, progress=False)
         name = f"lr-scan-{args.profile}"
-    argv_used = ["python", "-m", "restrained.scans", *(argv or sys.argv[1:])]
-    record["provenance"] = provenance(time.perf_counter() - started, argv_used)
     path = args.out / "sensitivity" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(finite_json(record), indent=1, allow_nan=False) + "\n")
+    wall = time.perf_counter() - started
+    save_record(
+        record,
+        path,
+        wall_time_s=wall,
+        argv=["python", "-m", "restrained.scans", *(argv or sys.argv[1:])],
+    )
     print(f"wrote {path}")
     return 0
 
