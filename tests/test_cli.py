@@ -99,3 +99,13 @@ def test_end_to_end_writes_json_with_provenance(tmp_path):
     assert prov["command"].startswith("python -m restrained run sensitivity")
     assert prov["packages"]["jax"] and prov["device"]["backend"] == "cpu"
     assert prov["wall_time_s"] > 0 and "commit" in prov["git"]
+
+
+def test_save_record_writes_strict_json_with_provenance(tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    provenance.save_record({"x": float("nan")}, path, wall_time_s=1.234, argv=["prog", "--a"])
+    saved = json.loads(path.read_text())
+    assert saved["x"] is None
+    assert saved["provenance"]["command"] == "prog --a"
+    assert saved["provenance"]["wall_time_s"] == 1.23
+    assert set(saved["provenance"]) >= {"git", "packages", "device", "utc"}
