@@ -37,6 +37,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,50 @@ def _run(hessian, b, c, theta0, lr, alpha, steps, momentum, nesterov):
     )
 
 
+class _GDArguments(NamedTuple):
+    hessian: jax.Array
+    b: jax.Array
+    theta0: jax.Array
+    lr: jax.Array
+    alpha: jax.Array
+    steps: int
+    momentum: float
+    nesterov: bool
+
+
+def _gd_arguments(
+    problem: Quadratic,
+    theta0: np.ndarray | jax.Array,
+    lr: float,
+    steps: int,
+    alpha: float,
+    momentum: float,
+    nesterov: bool,
+) -> _GDArguments:
+    """Check the arguments of :func:`run` and :func:`is_stable` and cast them to float32."""
+    lr = _positive("lr", lr)
+    alpha = _finite("alpha", alpha)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0 (weight decay), got {alpha!r}")
+    momentum = _momentum(momentum, nesterov)
+    steps = _steps(steps)
+    theta0 = jnp.asarray(theta0, jnp.float32)
+    if theta0.shape != np.shape(problem.b):
+        raise ValueError(f"theta0 must have shape {np.shape(problem.b)}, got {theta0.shape}")
+    if not bool(jnp.all(jnp.isfinite(theta0))):
+        raise ValueError("theta0 must be finite")
+    return _GDArguments(
+        jnp.asarray(problem.hessian, jnp.float32),
+        jnp.asarray(problem.b, jnp.float32),
+        theta0,
+        jnp.float32(lr),
+        jnp.float32(alpha),
+        steps,
+        momentum,
+        bool(nesterov),
+    )
+
+
 def run(
     problem: Quadratic,
     theta0: np.ndarray | jax.Array,
@@ -235,27 +280,17 @@ def run(
 
     Float32 throughout, via :func:`restrained.optim.perturbed_sgd` with ``k = 1``.
     """
-    lr = _positive("lr", lr)
-    alpha = _finite("alpha", alpha)
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0 (weight decay), got {alpha!r}")
-    momentum = _momentum(momentum, nesterov)
-    steps = _steps(steps)
-    theta0 = jnp.asarray(theta0, jnp.float32)
-    if theta0.shape != np.shape(problem.b):
-        raise ValueError(f"theta0 must have shape {np.shape(problem.b)}, got {theta0.shape}")
-    if not bool(jnp.all(jnp.isfinite(theta0))):
-        raise ValueError("theta0 must be finite")
+    args = _gd_arguments(problem, theta0, lr, steps, alpha, momentum, nesterov)
     thetas, losses, gnorms = _run(
-        jnp.asarray(problem.hessian, jnp.float32),
-        jnp.asarray(problem.b, jnp.float32),
+        args.hessian,
+        args.b,
         jnp.float32(problem.c),
-        theta0,
-        jnp.float32(lr),
-        jnp.float32(alpha),
-        steps,
-        momentum,
-        bool(nesterov),
+        args.theta0,
+        args.lr,
+        args.alpha,
+        args.steps,
+        args.momentum,
+        args.nesterov,
     )
     thetas, losses, gnorms = np.asarray(thetas), np.asarray(losses), np.asarray(gnorms)
     finite = np.isfinite(losses) & np.isfinite(gnorms)
@@ -293,22 +328,16 @@ def is_stable(
 
     An overflow makes the final gradient norm inf or NaN, which counts as unstable.
     """
-    lr, alpha = _positive("lr", lr), _finite("alpha", alpha)
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0 (weight decay), got {alpha!r}")
-    momentum, steps = _momentum(momentum, nesterov), _steps(steps)
-    theta0 = jnp.asarray(theta0, jnp.float32)
-    if theta0.shape != np.shape(problem.b):
-        raise ValueError(f"theta0 must have shape {np.shape(problem.b)}, got {theta0.shape}")
+    args = _gd_arguments(problem, theta0, lr, steps, alpha, momentum, nesterov)
     norm0, norm_end = _end_gradient_norms(
-        jnp.asarray(problem.hessian, jnp.float32),
-        jnp.asarray(problem.b, jnp.float32),
-        theta0,
-        jnp.float32(lr),
-        jnp.float32(alpha),
-        steps,
-        momentum,
-        bool(nesterov),
+        args.hessian,
+        args.b,
+        args.theta0,
+        args.lr,
+        args.alpha,
+        args.steps,
+        args.momentum,
+        args.nesterov,
     )
     return bool(jnp.isfinite(norm_end) & (norm_end <= norm0))
 
