@@ -166,3 +166,16 @@ def test_least_squares_quadratic_reproduces_the_loss():
 def test_bad_arguments_raise_value_errors_that_name_them(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("check", [ls.run, ls.is_stable])
+def test_run_and_is_stable_share_their_argument_checks(check):
+    problem = ls.Quadratic(np.diag([1.0, 2.0]), np.zeros(2))
+    with pytest.raises(ValueError, match="theta0"):
+        check(problem, np.array([np.nan, 0.0]), 0.1, 10)
+    with pytest.raises(ValueError, match="theta0"):
+        check(problem, np.zeros(3), 0.1, 10)
+    with pytest.raises(ValueError, match="alpha"):
+        check(problem, np.zeros(2), 0.1, 10, alpha=-1.0)
+    with pytest.raises(ValueError, match="lr"):
+        check(problem, np.zeros(2), 0.0, 10)
