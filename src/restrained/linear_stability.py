@@ -329,16 +329,7 @@ def is_stable(
     An overflow makes the final gradient norm inf or NaN, which counts as unstable.
     """
     args = _gd_arguments(problem, theta0, lr, steps, alpha, momentum, nesterov)
-    norm0, norm_end = _end_gradient_norms(
-        args.hessian,
-        args.b,
-        args.theta0,
-        args.lr,
-        args.alpha,
-        args.steps,
-        args.momentum,
-        args.nesterov,
-    )
+    norm0, norm_end = _end_gradient_norms(*args)  # the fields are in its argument order
     return bool(jnp.isfinite(norm_end) & (norm_end <= norm0))
 
 
