@@ -10,7 +10,12 @@ export PYTHONHASHSEED := 0
 # Book builds and nbval produce the precomputed (static) slider figures.
 export SLIDERS_LIVE ?= 0
 
-.PHONY: help install book book-exec test lint unit nbval build-check browser lab times clean
+NBVAL := $(BIN)/python -m pytest -q --nbval --nbval-current-env \
+	--nbval-sanitize-with tests/nbval_sanitize.cfg -o addopts="-p no:cacheprovider"
+PORTABILITY_ENVS := _build/portability-environments.txt
+
+.PHONY: help install book book-exec test lint unit nbval build-check browser lab times clean \
+	portability spread
 
 help:
 	@echo "make book       build _build/html from the stored notebook outputs"
@@ -18,6 +23,7 @@ help:
 	@echo "make book-exec  re-execute every notebook in place, then build the book"
 	@echo "make lab        JupyterLab with live sliders"
 	@echo "make times      print each notebook's execution time and the total"
+	@echo "make portability  nbval on every notebook under other CPUs' rounding (XLA_FLAGS)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,9 +49,25 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not browser" tests
 
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg \
-		-o addopts="-p no:cacheprovider" --durations=0 $(NOTEBOOKS)
+	$(NBVAL) --durations=0 $(NOTEBOOKS)
+
+# Re-run every notebook, strictly, under each rounding environment that changes bits on this
+# machine (restrained.portability): a claim must not rest on one CPU's last bits.
+portability: $(STAMP)
+	@mkdir -p _build
+	$(BIN)/python -m restrained.portability check --write $(PORTABILITY_ENVS)
+	@for env in $$(cat $(PORTABILITY_ENVS)); do \
+		flags="$$($(BIN)/python -m restrained.portability flags $$env)"; \
+		echo "== nbval under $$env (XLA_FLAGS=$$flags)"; \
+		start=$$(date +%s); \
+		XLA_FLAGS="$$flags" $(NBVAL) $(NOTEBOOKS) || exit 1; \
+		echo "== $$env passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+# The cross-environment spread of every value the notebooks print as ≈x.
+spread: $(STAMP)
+	$(BIN)/python -m restrained.portability spread $(NOTEBOOKS) \
+		--out results/portability/spread.json
 
 browser: $(STAMP)
 	$(BIN)/python -m pytest -q -m browser tests

@@ -44,6 +44,8 @@ def write(
         },
         "device": f"{device['backend']}: {device['device_kind']}",
         "machine": platform.machine(),
+        "cpu": device["cpu"],
+        "xla_flags": device["xla_flags"],
         "wall_seconds": round(wall_seconds, 1),
     }
     record.update(extra or {})

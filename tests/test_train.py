@@ -81,7 +81,9 @@ test_train.run_case({ckpt!r}, {out!r}, {kill_at!r})
 
 def run_subprocess(tmp: Path, ckpt: Path, out: Path | None, kill_at=None, devices=1):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Keep the parent's rounding environment (make portability), only add the device count.
+    flags = os.environ.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     code = SUBPROCESS.format(
         tests=str(ROOT / "tests"), ckpt=str(ckpt), out=None if out is None else str(out),
         kill_at=kill_at,

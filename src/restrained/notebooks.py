@@ -16,10 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
-def execute(path: Path, *, save: bool = True, timeout: int = 600) -> float:
-    """Run every cell of one notebook; return the wall time in seconds."""
+def run(path: Path, *, timeout: int = 600) -> tuple[Any, float]:
+    """Run every cell of one notebook in a fresh kernel; return it executed, and the seconds.
+
+    The kernel inherits this process's environment (``XLA_FLAGS`` included).
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -33,7 +37,14 @@ def execute(path: Path, *, save: bool = True, timeout: int = 600) -> float:
     )
     start = time.perf_counter()
     client.execute()
-    elapsed = time.perf_counter() - start
+    return nb, time.perf_counter() - start
+
+
+def execute(path: Path, *, save: bool = True, timeout: int = 600) -> float:
+    """Run every cell of one notebook, store its outputs if ``save``; return the seconds."""
+    import nbformat
+
+    nb, elapsed = run(path, timeout=timeout)
     if save:
         nbformat.write(nb, path)
     return elapsed

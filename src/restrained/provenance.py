@@ -46,8 +46,37 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return out
 
 
+# The x86 and Arm features that change how XLA:CPU rounds (vector width, FMA).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The host CPU's model name and the ISA features XLA:CPU compiles for.
+
+    XLA compiles for the CPU it runs on, so these decide a result's last bits (see
+    :mod:`restrained.portability`). Read from ``/proc/cpuinfo`` where it exists.
+    """
+    model, flags = platform.processor() or None, set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and model in (None, "", platform.machine()):
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+    }
+
+
 def device_info() -> dict[str, Any]:
-    """JAX backend, devices and the host's CPU count."""
+    """JAX backend, devices, the host's CPU (model, ISA) and count, and ``XLA_FLAGS``."""
     import jax
 
     devices = jax.devices()
@@ -57,6 +86,7 @@ def device_info() -> dict[str, Any]:
         "device_kind": devices[0].device_kind if devices else None,
         "process_count": jax.process_count(),
         "host_cpus": os.cpu_count(),
+        "cpu": cpu_info(),
         "platform": platform.platform(),
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from restrained.data import load_digits
 from restrained.fp import relative_l1
-from restrained.models import Apply, Params, accuracy, cross_entropy
+from restrained.models import Apply, Params, SmallCNN, accuracy, cross_entropy, functional
 from restrained.optim import perturbed_sgd
 
 
@@ -165,3 +166,49 @@ def one_step_difference(
     base, other = step(1), step(k)
     differing = sum(int(np.sum(a != b)) for a, b in zip(base, other, strict=True))
     return differing / sum(a.size for a in base)
+
+
+PUZZLE_LEARNING_RATES = (0.025, 0.5)
+PUZZLE_PDE_TIME = 50.0
+
+
+def puzzle_network(seed: int = 0) -> tuple[Apply, Params]:
+    """Chapter 1's network: two 3x3 ReLU convolutions of 8 channels (as patch matmuls),
+    2x2 average pooling and a linear classifier, initialised from ``nnx.Rngs(seed)``."""
+    from flax import nnx
+
+    module = SmallCNN(width=8, depth=2, activation="relu", conv_impl="matmul", rngs=nnx.Rngs(seed))
+    return functional(module)
+
+
+def puzzle_runs(
+    learning_rates: tuple[float, ...] = PUZZLE_LEARNING_RATES,
+    orders: int = 16,
+    *,
+    k: int = 3,
+    pde_time: float = PUZZLE_PDE_TIME,
+) -> dict[tuple[float, int], TwinRecord]:
+    """Chapter 1's experiment: twins of :func:`puzzle_network` on the digits, plain SGD on
+    mini-batches of 32, trained to PDE time ``pde_time`` (``pde_time / lr`` steps), once per
+    batch order ``0 .. orders-1``; ``D`` is recorded at 50 equally spaced times."""
+    if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
+        raise ValueError(f"orders must be an integer >= 1, got {orders!r}")
+    data = load_digits()
+    apply, initial = puzzle_network()
+    runs = {}
+    for lr in learning_rates:
+        steps = round(pde_time / lr)
+        for order in range(orders):
+            runs[lr, order] = train_twins(
+                apply,
+                initial,
+                data.x_train,
+                data.y_train,
+                learning_rate=lr,
+                steps=steps,
+                k=k,
+                batch_size=32,
+                record_every=steps // 50,
+                key=jax.random.key(order),
+            )
+    return runs
