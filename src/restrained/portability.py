@@ -188,7 +188,10 @@ def _puzzle_arrays(orders: int) -> dict[str, Any]:
     runs = puzzle_runs(orders=orders)
     apply, _ = puzzle_network()
     x_test = load_digits().x_test
-    out: dict[str, Any] = {"gradient": np.asarray(jax.tree_util.tree_leaves(_puzzle_gradient())[0])}
+    out: dict[str, Any] = {
+        "gradient": np.asarray(_puzzle_gradient()),
+        "digests": np.asarray(json.dumps(probe())),
+    }
     for lr in PUZZLE_LEARNING_RATES:
         records = [runs[lr, o] for o in range(orders)]
         out[f"{lr}/weights"] = np.stack(
@@ -221,7 +224,8 @@ def _puzzle_gradient() -> Any:
 def puzzle_in(environments: Sequence[str], orders: int = 8) -> dict[str, dict[str, Any]]:
     """Chapter 1's experiment run once in each environment, in parallel processes.
 
-    Per environment: ``gradient`` (the loss gradient at the initial weights), and per
+    Per environment: ``digests`` (:func:`probe`'s, as JSON), ``gradient`` (the loss
+    gradient at the initial weights), and per
     learning rate ``lr``: ``lr/weights`` (orders x weights, copy A, k = 1), ``lr/D``
     (final D between copy A and the k = 3 copy B) and ``lr/labels`` (copy A's test labels).
     """

@@ -172,12 +172,14 @@ PUZZLE_LEARNING_RATES = (0.025, 0.5)
 PUZZLE_PDE_TIME = 50.0
 
 
-def puzzle_network(seed: int = 0) -> tuple[Apply, Params]:
-    """Chapter 1's network: two 3x3 ReLU convolutions of 8 channels (as patch matmuls),
-    2x2 average pooling and a linear classifier, initialised from ``nnx.Rngs(seed)``."""
+def puzzle_network(seed: int = 0, activation: str = "relu") -> tuple[Apply, Params]:
+    """Chapter 1's network: two 3x3 convolutions of 8 channels (as patch matmuls) with
+    ``activation``, 2x2 average pooling and a linear classifier, from ``nnx.Rngs(seed)``."""
     from flax import nnx
 
-    module = SmallCNN(width=8, depth=2, activation="relu", conv_impl="matmul", rngs=nnx.Rngs(seed))
+    module = SmallCNN(
+        width=8, depth=2, activation=activation, conv_impl="matmul", rngs=nnx.Rngs(seed)
+    )
     return functional(module)
 
 
@@ -187,6 +189,7 @@ def puzzle_runs(
     *,
     k: int = 3,
     pde_time: float = PUZZLE_PDE_TIME,
+    activation: str = "relu",
 ) -> dict[tuple[float, int], TwinRecord]:
     """Chapter 1's experiment: twins of :func:`puzzle_network` on the digits, plain SGD on
     mini-batches of 32, trained to PDE time ``pde_time`` (``pde_time / lr`` steps), once per
@@ -194,7 +197,7 @@ def puzzle_runs(
     if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
         raise ValueError(f"orders must be an integer >= 1, got {orders!r}")
     data = load_digits()
-    apply, initial = puzzle_network()
+    apply, initial = puzzle_network(activation=activation)
     runs = {}
     for lr in learning_rates:
         steps = round(pde_time / lr)
