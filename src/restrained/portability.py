@@ -325,6 +325,24 @@ def spread(notebooks: Sequence[Path], environments: Sequence[str]) -> dict[str, 
     }
 
 
+def spread_table(record: dict[str, Any]) -> list[str]:
+    """One line per printed ``≈`` line of :func:`spread`'s record: its values in every
+    environment, and whether they differ."""
+    envs = list(record["environments"])
+    lines = []
+    for nb, rows in record["values"].items():
+        for row in rows:
+            values = [row["values"].get(env) for env in envs]
+            differs = len({json.dumps(v) for v in values}) > 1
+            shown = " | ".join(
+                "-" if v is None else " ".join(f"{x:.3g}" for x in v) for v in values
+            )
+            lines.append(
+                f"{'DIFF' if differs else 'same'}  {Path(nb).stem}[{row['cell']}] {row['line'][:60]}  {shown}"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -342,7 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     spr.add_argument("notebooks", nargs="+", type=Path)
     spr.add_argument("--out", type=Path, required=True)
     spr.add_argument("--environments", nargs="+", default=None, choices=tuple(ENVIRONMENTS))
+    tab = sub.add_parser("table", help="print a stored spread record, one line per value line")
+    tab.add_argument("record", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "table":
+        print("\n".join(spread_table(json.loads(args.record.read_text()))))
+        return 0
     if args.command == "probe":
         print(json.dumps(probe()))
         return 0
