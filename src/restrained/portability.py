@@ -337,9 +337,8 @@ def spread_table(record: dict[str, Any]) -> list[str]:
             shown = " | ".join(
                 "-" if v is None else " ".join(f"{x:.3g}" for x in v) for v in values
             )
-            lines.append(
-                f"{'DIFF' if differs else 'same'}  {Path(nb).stem}[{row['cell']}] {row['line'][:60]}  {shown}"
-            )
+            where = f"{Path(nb).stem}[{row['cell']}]"
+            lines.append(f"{'DIFF' if differs else 'same'}  {where} {row['line'][:60]}  {shown}")
     return lines
 
 
